@@ -1,0 +1,157 @@
+"""A Gramine manifest: parse, fill Gramine's defaults, validate, expand trusted files, dump."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from pylos import install
+from pylos.errors import PylosError
+from pylos.hashing import HashCache, ProgressCallback
+from pylos.manifest import schema, template
+from pylos.manifest.sizes import parse_size
+from pylos.manifest.trusted import expand_trusted_files
+
+CPU_FEATURE_DEFAULTS = {
+    "avx": "unspecified",
+    "avx512": "unspecified",
+    "amx": "unspecified",
+    "mpx": "disabled",
+    "pkru": "disabled",
+}
+
+
+def _table(parent: dict, key: str) -> dict | None:
+    """`parent[key]`, created empty if absent; None if present but not a table."""
+    value = parent.setdefault(key, {})
+    return value if isinstance(value, dict) else None
+
+
+def fill_defaults(data: dict) -> None:
+    """Gramine's `Manifest.__init__` defaults, plus pylos's `loader.entrypoint`."""
+    sgx = _table(data, "sgx")
+    if sgx is not None:
+        edmm = sgx.setdefault("edmm_enable", False)
+        sgx.setdefault("trusted_files", [])
+        sgx.setdefault("max_threads", 4)
+        sgx.setdefault("isvprodid", 0)
+        sgx.setdefault("isvsvn", 0)
+        sgx.setdefault("remote_attestation", "none")
+        sgx.setdefault("debug", False)
+        sgx.setdefault("enable_stats", False)
+        sgx.setdefault("enclave_size", "1024G" if edmm is True else "256M")
+        sgx.setdefault("use_exinfo", False)
+        features = _table(sgx, "cpu_features")
+        if features is not None:
+            for name, default in CPU_FEATURE_DEFAULTS.items():
+                features.setdefault(name, default)
+        trusted = sgx["trusted_files"]
+        if isinstance(trusted, list):
+            sgx["trusted_files"] = [_normalise_trusted(e, i) for i, e in enumerate(trusted)]
+    loader = _table(data, "loader")
+    if loader is not None:
+        entrypoint = _table(loader, "entrypoint")
+        if entrypoint is not None:
+            entrypoint.setdefault("uri", install.LIBOS_URI)
+            if entrypoint["uri"] == install.LIBOS_URI:
+                entrypoint.setdefault("sha256", install.libos_hash())
+
+
+def _normalise_trusted(entry: Any, index: int) -> dict:
+    if isinstance(entry, str):
+        return {"uri": entry}
+    if isinstance(entry, dict):
+        return entry
+    raise PylosError(
+        f"sgx.trusted_files[{index}]: expected a URI string or a {{ uri, sha256 }} table, "
+        f"got {entry!r}"
+    )
+
+
+class Manifest:
+    """A manifest as a TOML-shaped dict, with Gramine's defaults filled in."""
+
+    def __init__(self, data: dict, source: str = "manifest") -> None:
+        self.data = data
+        self.source = source
+        fill_defaults(self.data)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def loads(cls, text: str, source: str = "manifest") -> Manifest:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PylosError(f"{source}: failed to parse manifest: {exc}") from None
+        return cls(data, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PylosError(f"cannot read manifest '{path}': {exc}") from None
+        return cls.loads(text, str(path))
+
+    @classmethod
+    def from_template(cls, text: str, variables: dict[str, Any], source: str = "<string>",
+                      search_dir: Path | None = None) -> Manifest:
+        rendered = template.render(text, variables, source, search_dir)
+        try:
+            data = tomllib.loads(rendered)
+        except tomllib.TOMLDecodeError as exc:
+            raise PylosError(f"{source}: failed to parse manifest template: {exc}") from None
+        return cls(data, source)
+
+    # ---- processing ---------------------------------------------------------------------
+    def check(self) -> None:
+        schema.check_manifest(self.data, self.source)
+
+    def expand_all_trusted_files(
+        self,
+        chroot: Path | None = None,
+        cache: HashCache | None = None,
+        progress: Callable[[int], ProgressCallback | None] | None = None,
+    ) -> None:
+        entries = self.sgx.get("trusted_files", [])
+        if not isinstance(entries, list):
+            raise PylosError(f"{self.source}: sgx.trusted_files must be an array")
+        self.sgx["trusted_files"] = expand_trusted_files(entries, chroot, cache, progress)
+
+    def dumps(self) -> str:
+        return tomli_w.dumps(self.data)
+
+    def copy(self) -> Manifest:
+        clone = Manifest.__new__(Manifest)
+        clone.data, clone.source = copy.deepcopy(self.data), self.source
+        return clone
+
+    # ---- typed accessors (valid after check()) --------------------------------------------
+    @property
+    def sgx(self) -> dict:
+        return self.data["sgx"]
+
+    @property
+    def enclave_size(self) -> int:
+        return parse_size(self.sgx["enclave_size"], "sgx.enclave_size")
+
+    @property
+    def max_threads(self) -> int:
+        return self.sgx["max_threads"]
+
+    @property
+    def edmm(self) -> bool:
+        return self.sgx["edmm_enable"]
+
+    @property
+    def debug(self) -> bool:
+        return self.sgx["debug"]
+
+    @property
+    def trusted_files(self) -> list[dict]:
+        return self.sgx["trusted_files"]
