@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED = PROJECT_ROOT.parent / "shared"
-TESTDATA = SHARED / "testdata"
-SPECS = SHARED / "specs"
-EXAMPLES = PROJECT_ROOT / "examples"
+from support import TESTDATA, run_pylos
 
 
 @pytest.fixture
@@ -30,10 +25,6 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     return cache
 
 
-def gramine_template(name: str) -> str:
-    """A Gramine CI-Examples template, verbatim from the manifest spec (§9), read in place."""
-    text = (SPECS / "gramine-manifest.md").read_text()
-    match = re.search(rf"### `{re.escape(name)}`\n+```toml\n(.*?)```", text, re.S)
-    if match is None:
-        raise LookupError(f"template {name} not found in {SPECS / 'gramine-manifest.md'}")
-    return match.group(1)
+@pytest.fixture
+def pylos():
+    return run_pylos

@@ -1,4 +1,4 @@
-"""What this installation of pylos is: where its runtime directory lives and what its code hashes to.
+"""What this pylos installation is: where its runtime directory lives, what its code hashes to.
 
 Gramine ships a patched glibc in `<pkglibdir>/runtime/glibc`; templates mount and trust
 `gramine.runtimedir()`. pylos runs the host's own glibc, so its runtime directory holds *copies*

@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, gramine_template
 
 from pylos.hashing import HashCache
 from pylos.manifest import Manifest
+from support import EXAMPLES, gramine_template
 
 ARCH_LIBDIR = "/lib/x86_64-linux-gnu"
 

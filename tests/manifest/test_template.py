@@ -107,5 +107,5 @@ def test_env_and_ldd():
 
 
 def test_manifest_from_template_reports_toml_errors_with_line():
-    with pytest.raises(PylosError, match="failed to parse manifest template: .*line 2"):
+    with pytest.raises(PylosError, match=r"failed to parse manifest template: .*line 2"):
         Manifest.from_template('a = 1\nb = [1,,]\n', {}, "x.template")

@@ -41,7 +41,7 @@ Int = _typed(int, "an integer")
 Bool = _typed(bool, "a boolean")
 
 
-def Enum(*choices: str) -> Checker:  # noqa: N802 - reads like a type in the schema below
+def Enum(*choices: str) -> Checker:
     def check(value: Any, path: str, errors: list[str]) -> None:
         if value not in choices:
             allowed = ", ".join(f'"{c}"' for c in choices)
@@ -50,7 +50,7 @@ def Enum(*choices: str) -> Checker:  # noqa: N802 - reads like a type in the sch
     return check
 
 
-def Const(expected: Any, message: str) -> Checker:  # noqa: N802
+def Const(expected: Any, message: str) -> Checker:
     def check(value: Any, path: str, errors: list[str]) -> None:
         if value != expected or type(value) is not type(expected):
             errors.append(f"{path}: {message}")
@@ -58,11 +58,11 @@ def Const(expected: Any, message: str) -> Checker:  # noqa: N802
     return check
 
 
-def Anything(value: Any, path: str, errors: list[str]) -> None:  # noqa: N802
+def Anything(value: Any, path: str, errors: list[str]) -> None:
     """Accepts any value (Gramine does not validate `sys.ioctl_structs`)."""
 
 
-def List(item: Checker, non_empty: bool = False) -> Checker:  # noqa: N802
+def List(item: Checker, non_empty: bool = False) -> Checker:
     def check(value: Any, path: str, errors: list[str]) -> None:
         if not isinstance(value, list):
             errors.append(f"{path}: expected an array, got {_describe(value)}")
@@ -75,7 +75,7 @@ def List(item: Checker, non_empty: bool = False) -> Checker:  # noqa: N802
     return check
 
 
-def Map(item: Checker) -> Checker:  # noqa: N802
+def Map(item: Checker) -> Checker:
     """A table with arbitrary key names, each value checked by `item`."""
 
     def check(value: Any, path: str, errors: list[str]) -> None:
@@ -88,7 +88,7 @@ def Map(item: Checker) -> Checker:  # noqa: N802
     return check
 
 
-def OneOf(*alternatives: Checker, expected: str) -> Checker:  # noqa: N802
+def OneOf(*alternatives: Checker, expected: str) -> Checker:
     """Accept the first alternative that has no errors; otherwise report `expected`."""
 
     def check(value: Any, path: str, errors: list[str]) -> None:

@@ -44,14 +44,14 @@ class RuntimeDir:
         return self() / other
 
 
-def _get_paths(scheme: str | None = None, vars: dict | None = None) -> dict[str, str]:  # noqa: A002
+def _get_paths(scheme: str | None = None, vars: dict | None = None) -> dict[str, str]:
     merged = {**_BASE_VARS, **(vars or {})}
     if scheme is None:
         return sysconfig.get_paths(vars=merged)
     return sysconfig.get_paths(scheme, vars=merged)
 
 
-def _get_path(name: str, scheme: str | None = None, vars: dict | None = None) -> str:  # noqa: A002
+def _get_path(name: str, scheme: str | None = None, vars: dict | None = None) -> str:
     return _get_paths(scheme, vars)[name]
 
 

@@ -1,0 +1,96 @@
+"""SGX architectural constants and the small structures that pack and unpack themselves.
+
+Bit values follow the Intel SGX SDK (`sgx_attributes.h`, `sgx_report.h`); layouts are
+little-endian and packed (`sgx-formats.md` §1-§2).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+# ATTRIBUTES.FLAGS
+FLAG_INIT = 0x1
+FLAG_DEBUG = 0x2
+FLAG_MODE64BIT = 0x4
+FLAG_PROVISION_KEY = 0x10
+FLAG_EINITTOKEN_KEY = 0x20
+FLAG_KSS = 0x80
+FLAG_AEX_NOTIFY = 0x400
+
+# ATTRIBUTES.XFRM feature bits (Gramine's names)
+XFRM_LEGACY = 0x3
+XFRM_AVX = 0x4
+XFRM_MPX = 0x18
+XFRM_AVX512 = 0xE4
+XFRM_PKRU = 0x200
+XFRM_AMX = 0x60000
+
+MISCSELECT_EXINFO = 0x1
+
+# SECINFO.FLAGS: permissions and page type (<< 8)
+SECINFO_R = 0x1
+SECINFO_W = 0x2
+SECINFO_X = 0x4
+SECINFO_PT_TCS = 0x100
+SECINFO_PT_REG = 0x200
+
+PAGE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """ATTRIBUTES (16 B): FLAGS u64 ‖ XFRM u64."""
+
+    flags: int
+    xfrm: int
+
+    FORMAT = struct.Struct("<QQ")
+
+    def pack(self) -> bytes:
+        return self.FORMAT.pack(self.flags, self.xfrm)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Attributes:
+        return cls(*cls.FORMAT.unpack(data))
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.flags & FLAG_DEBUG)
+
+
+@dataclass(frozen=True)
+class ReportBody:
+    """The 384-byte report body (SDK `sgx_report_body_t`), shared by REPORTs and quotes."""
+
+    cpu_svn: bytes = bytes(16)
+    misc_select: int = 0
+    isv_ext_prod_id: bytes = bytes(16)
+    attributes: Attributes = Attributes(0, 0)
+    mr_enclave: bytes = bytes(32)
+    mr_signer: bytes = bytes(32)
+    config_id: bytes = bytes(64)
+    isv_prod_id: int = 0
+    isv_svn: int = 0
+    config_svn: int = 0
+    isv_family_id: bytes = bytes(16)
+    report_data: bytes = bytes(64)
+
+    FORMAT = struct.Struct("<16sI12x16s16s32s32x32s32x64sHHH42x16s64s")
+    SIZE = 384
+
+    def pack(self) -> bytes:
+        return self.FORMAT.pack(
+            self.cpu_svn, self.misc_select, self.isv_ext_prod_id, self.attributes.pack(),
+            self.mr_enclave, self.mr_signer, self.config_id, self.isv_prod_id, self.isv_svn,
+            self.config_svn, self.isv_family_id, self.report_data,
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ReportBody:
+        if len(data) != cls.SIZE:
+            raise ValueError(f"report body must be {cls.SIZE} bytes, got {len(data)}")
+        (cpu_svn, misc, ext_prod, attrs, mr_enclave, mr_signer, config_id, prod, svn,
+         config_svn, family, report_data) = cls.FORMAT.unpack(data)
+        return cls(cpu_svn, misc, ext_prod, Attributes.unpack(attrs), mr_enclave, mr_signer,
+                   config_id, prod, svn, config_svn, family, report_data)

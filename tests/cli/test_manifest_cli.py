@@ -1,0 +1,101 @@
+"""`pylos manifest` / `manifest-check` as a user runs them: real process, exit codes, files."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+TEMPLATE = """\
+libos.entrypoint = "/app"
+loader.log_level = "{{ log_level }}"
+fs.mounts = [ { path = "/app", uri = "file:app" } ]
+sgx.trusted_files = [ "file:app" ]
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "app").write_bytes(b"\x7fELF pretend")
+    (tmp_path / "app.manifest.template").write_text(TEMPLATE)
+    return tmp_path
+
+
+def test_renders_to_file_and_stdout(workdir: Path, pylos):
+    result = pylos("manifest", "-Dlog_level=debug", "app.manifest.template", "app.manifest",
+                   cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    data = tomllib.loads((workdir / "app.manifest").read_text())
+    assert data["loader"]["log_level"] == "debug"
+    assert data["sgx"]["trusted_files"][0]["uri"] == "file:app"
+    assert len(data["sgx"]["trusted_files"][0]["sha256"]) == 64
+    stdout = pylos("manifest", "--define", "log_level=debug", "app.manifest.template",
+                   cwd=workdir)
+    assert stdout.returncode == 0 and stdout.stdout == (workdir / "app.manifest").read_text()
+
+
+def test_string_template_and_stdin(workdir: Path, pylos):
+    result = pylos("manifest", "-c", TEMPLATE, "-D", "log_level=error", "out.manifest",
+                   cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert 'log_level = "error"' in (workdir / "out.manifest").read_text()
+    piped = pylos("manifest", "-Dlog_level=error", "-", cwd=workdir, input=TEMPLATE)
+    assert piped.returncode == 0 and 'log_level = "error"' in piped.stdout
+
+
+def test_no_check_skips_validation(workdir: Path, pylos):
+    text = TEMPLATE + "sgx.thread_num = 4\n"
+    assert pylos("manifest", "-Dlog_level=error", "-c", text, cwd=workdir).returncode == 2
+    assert pylos("manifest", "--no-check", "-Dlog_level=error", "-c", text,
+                 cwd=workdir).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("template", "defines", "message"),
+    [
+        (TEMPLATE.replace('"file:app" ]', '"file:missing" ]'), ["-Dlog_level=error"],
+         "Missing trusted file: 'missing'"),
+        (TEMPLATE + "loader.fancy = true\n", ["-Dlog_level=error"], "loader.fancy: unknown key"),
+        (TEMPLATE + "sgx.debug = = true\n", ["-Dlog_level=error"],
+         "failed to parse manifest template: "),
+        (TEMPLATE, [], "'log_level' is undefined"),
+    ],
+    ids=["missing-trusted-file", "unknown-key", "toml-syntax", "undefined-variable"],
+)
+def test_bad_input_exit_2_specific_message_no_output(workdir: Path, pylos, template, defines,
+                                                     message):
+    (workdir / "bad.template").write_text(template)
+    result = pylos("manifest", *defines, "bad.template", "bad.manifest", cwd=workdir)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stderr.startswith("ERROR: ")
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "bad.manifest").exists()
+    assert [p.name for p in workdir.iterdir() if p.name.startswith(".bad")] == []
+
+
+def test_toml_error_names_the_line(workdir: Path, pylos):
+    (workdir / "bad.template").write_text("a = 1\nb = 2\nc = = 3\n")
+    result = pylos("manifest", "bad.template", cwd=workdir)
+    assert result.returncode == 2 and "line 3" in result.stderr
+
+
+def test_missing_template_and_usage_errors(workdir: Path, pylos):
+    missing = pylos("manifest", "nope.template", cwd=workdir)
+    assert missing.returncode == 2 and "cannot read template 'nope.template'" in missing.stderr
+    neither = pylos("manifest", cwd=workdir)
+    assert neither.returncode == 2 and "give a template file or -c" in neither.stderr
+
+
+def test_manifest_check(workdir: Path, pylos):
+    assert pylos("manifest", "-Dlog_level=error", "app.manifest.template", "app.manifest",
+                 cwd=workdir).returncode == 0
+    ok = pylos("manifest-check", "app.manifest", cwd=workdir)
+    assert ok.returncode == 0 and ok.stdout == "" and ok.stderr == ""
+    (workdir / "bad.manifest").write_text((workdir / "app.manifest").read_text()
+                                          + "\n[extra]\nx = 1\n")
+    bad = pylos("manifest-check", "bad.manifest", cwd=workdir)
+    assert bad.returncode == 2 and "extra: unknown key" in bad.stderr
+    gone = pylos("manifest-check", "gone.manifest", cwd=workdir)
+    assert gone.returncode == 2
