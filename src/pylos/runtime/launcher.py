@@ -1,0 +1,308 @@
+"""`pylos run`: start the program in its enclave and supervise it until it exits.
+
+Processes (host view):
+
+    supervisor (this process, outside every namespace; serves the listener)
+      └─ namespace creator: unshare(user, mount, PID), then waits and relays the exit status
+           └─ init (PID 1 of the enclave): builds the view, pivots into it, reaps orphans
+                └─ the program: rlimits, own process group, seccomp filter, execve
+
+The listener fd and the view's mount IDs travel to the supervisor over a socketpair. When the
+program (the PID namespace's init's only real child) exits, init exits and the kernel kills
+whatever is left in the namespace. Every process has PDEATHSIG=SIGKILL on its parent, so the
+supervisor's death takes the whole enclave down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from pylos.errors import PylosError
+from pylos.runtime import seccomp
+from pylos.runtime.config import EnclaveConfig, build_config
+from pylos.runtime.namespaces import Bind, ViewPlan, build_view, enter_user_namespace
+from pylos.runtime.supervisor import Log
+from pylos.runtime.syscalls import files, processes
+from pylos.runtime.syscalls.table import SYSCALLS
+
+PR_SET_PDEATHSIG = 1
+ADDR_NO_RANDOMIZE = 0x0040000
+CLONE_NAMESPACE_FLAGS = 0x7E020000 | 0x00000080  # CLONE_NEW{NS,CGROUP,UTS,IPC,USER,PID,NET,TIME}
+
+# Calls that must never run in an enclave (docs/runtime.md lists why).
+DENIED = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    "open_by_handle_at", "name_to_handle_at", "mount", "umount2", "pivot_root", "chroot",
+    "unshare", "setns", "bpf", "userfaultfd", "kexec_load", "kexec_file_load", "init_module",
+    "finit_module", "delete_module", "perf_event_open", "keyctl", "add_key", "request_key",
+    "reboot", "iopl", "ioperm", "uselib", "acct", "swapon", "swapoff", "open_tree",
+    "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "open_tree_attr",
+    "lookup_dcookie", "quotactl", "quotactl_fd",
+)
+NOT_IMPLEMENTED = ("io_uring_setup", "io_uring_enter", "io_uring_register", "clone3")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
+    """The BPF program for this enclave and the supervisor's handler table."""
+    actions: dict[int, int] = {}
+    handlers: dict = {}
+    for name in DENIED:
+        actions[SYSCALLS[name]] = seccomp.errno_action(errno.EPERM)
+    for name in NOT_IMPLEMENTED:
+        actions[SYSCALLS[name]] = seccomp.errno_action(errno.ENOSYS)
+    trapped = {
+        "open": files.handle_open, "openat": files.handle_openat,
+        "openat2": files.handle_openat2, "creat": files.handle_creat,
+        "execve": processes.handle_execve, "execveat": processes.handle_execveat,
+    }
+    if config.disallow_subprocesses:
+        trapped.update(fork=processes.refuse_subprocess, vfork=processes.refuse_subprocess)
+    for name, value in config.mock_syscalls.items():
+        if name not in SYSCALLS:
+            raise PylosError(f"sys.debug__mock_syscalls: unknown system call {name!r}")
+        if value <= 0:
+            actions[SYSCALLS[name]] = seccomp.errno_action(-value)
+        else:
+            trapped[name] = processes.handle_mocked
+    for name, handler in trapped.items():
+        actions[SYSCALLS[name]] = seccomp.RET_USER_NOTIF
+        handlers[SYSCALLS[name]] = handler
+    clone = SYSCALLS["clone"]
+    handlers[clone] = processes.handle_clone
+    thread_action = seccomp.RET_USER_NOTIF if config.max_threads is not None else seccomp.RET_ALLOW
+    process_action = (seccomp.RET_USER_NOTIF if config.disallow_subprocesses
+                      else seccomp.RET_ALLOW)
+    rule = seccomp.ArgRule(clone, 0, ((CLONE_NAMESPACE_FLAGS, seccomp.errno_action(errno.EPERM)),
+                                      (processes.CLONE_THREAD, thread_action)), process_action)
+    actions.pop(clone, None)
+    return seccomp.build_filter(actions, [rule]), handlers
+
+
+def view_plan(config: EnclaveConfig) -> ViewPlan:
+    """Mounts shallow-first (a deeper mount then lands on top), manifest order otherwise."""
+    allowed = [a.rstrip("/") for a in config.allowed]
+    writable_roots = [a for a in allowed if os.path.exists(a)]
+
+    def writable(host: str | None) -> bool:
+        return host is not None and any(host == a or host.startswith(a + "/")
+                                        for a in writable_roots)
+
+    entries: list[tuple[str, Bind | str]] = []
+    for mount in config.mounts:
+        if mount.type == "tmpfs":
+            entries.append((mount.path, mount.path))
+        elif mount.type == "chroot":
+            entries.append((mount.path, Bind(mount.host, mount.path, writable(mount.host))))
+        else:
+            raise PylosError(f"fs.mounts: mount type {mount.type!r} (at {mount.path}) is not "
+                             "supported by this pylos runtime yet")
+    # Allowed host paths inside read-only mounts become their own read-write binds.
+    for host in writable_roots:
+        for mount in [*config.mounts, config.root]:
+            if mount.host and mount.type == "chroot" and host.startswith(mount.host + "/"):
+                inside = mount.path.rstrip("/") + host[len(mount.host):]
+                entries.append((inside, Bind(host, inside, True)))
+                break
+    entries.sort(key=lambda item: item[0].count("/") if item[0] != "/" else 0)
+    search = [d for d in config.env.get("LD_LIBRARY_PATH", "").split(":") if d]
+    return ViewPlan(
+        root_host=config.root.host if config.root.type == "chroot" else None,
+        root_writable=writable(config.root.host),
+        binds=[entry for _, entry in entries],
+        loader_search=[*search, "/lib", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"],
+    )
+
+
+def _set_pdeathsig() -> None:
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _program(config: EnclaveConfig, program_filter: bytes, channel: socket.socket) -> None:
+    """The program's process, just before exec (never returns)."""
+    _set_pdeathsig()
+    os.setpgid(0, 0)
+    if os.isatty(0):
+        previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(0, os.getpgrp())  # Ctrl-C reaches the program's group
+        signal.signal(signal.SIGTTOU, previous)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGPIPE, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (config.fds_limit, config.fds_limit))
+    resource.setrlimit(resource.RLIMIT_STACK, (config.stack_size, config.stack_size))
+    resource.setrlimit(resource.RLIMIT_AS, (config.enclave_size, config.enclave_size))
+    if config.disable_aslr:
+        _libc.personality(ADDR_NO_RANDOMIZE)
+    listener = seccomp.install_filter(program_filter)
+    socket.send_fds(channel, [b"L"], [listener])
+    os.close(listener)
+    channel.close()
+    os.execve(config.entrypoint, config.argv, config.env)
+
+
+def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: bytes,
+          channel: socket.socket) -> int:
+    """PID 1 of the enclave: build the view, start the program, reap, exit with its status."""
+    _set_pdeathsig()
+    result = build_view(plan, newroot, config.start_dir)
+    channel.send(json.dumps({"writable": result.writable_mount_ids,
+                             "private": result.private_mount_ids}).encode())
+    program = os.fork()
+    if program == 0:
+        try:
+            _program(config, program_filter, channel)
+        except BaseException as exc:
+            detail = exc.strerror if isinstance(exc, OSError) else str(exc)
+            os.write(2, f"[pylos] error: cannot start {config.entrypoint}: {detail}\n".encode())
+        os._exit(127)
+    channel.close()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, lambda s, _f: os.kill(program, s))
+    while True:
+        pid, status = os.wait()
+        if pid == program:
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else (
+                128 + os.WTERMSIG(status))
+
+
+def _namespace_creator(config: EnclaveConfig, plan: ViewPlan, newroot: str,
+                       program_filter: bytes, channel: socket.socket) -> int:
+    _set_pdeathsig()
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+    enter_user_namespace(config.uid, config.gid)
+    init = os.fork()
+    if init == 0:
+        code = 1
+        try:
+            code = _init(config, plan, newroot, program_filter, channel)
+        except PylosError as exc:
+            channel.send(json.dumps({"error": str(exc)}).encode())
+        except OSError as exc:
+            channel.send(json.dumps({"error": f"building the enclave view: {exc}"}).encode())
+        os._exit(code)
+    channel.close()
+    _, status = os.waitpid(init, 0)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(
+        status)
+
+
+def run(app: str, host_args: list[str]) -> int:
+    """Run APP in its enclave; returns the exit status a shell would report."""
+    from pylos.runtime.load import load_enclave
+
+    loaded = load_enclave(app)
+    config = build_config(loaded.manifest, host_args, dict(os.environ), Path.cwd())
+    log = Log(config)
+    if not loaded.sgx_mode:
+        log("warning", f"running {app} in development mode (unsigned manifest: no measurement, "
+            "so no SGX reports, quotes or sealing keys)")
+    elif config.insecure and config.log_level != "none":
+        print("Gramine detected the following insecure configurations:\n\n"
+              + "".join(f"  - {item}\n" for item in config.insecure)
+              + "\nGramine will continue application execution, but this configuration must not"
+              " be used in production!\n", file=sys.stderr)
+    for message in config.messages:
+        level, _, text = message.partition(": ")
+        log(level, text)
+    log("debug", f"enclave memory limit (sgx.enclave_size): {config.enclave_size} bytes")
+
+    program_filter, handlers = filter_for(config)
+    plan = view_plan(config)
+    supervisor_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    newroot = tempfile.mkdtemp(prefix="pylos-root-")
+    os.umask(0)  # the program's umask is applied to the files it creates, not ours
+    creator = os.fork()
+    if creator == 0:
+        supervisor_end.close()
+        code = 1
+        try:
+            code = _namespace_creator(config, plan, newroot, program_filter, child_end)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                child_end.send(json.dumps({"error": f"cannot create namespaces: {exc}"}).encode())
+        os._exit(code)
+    child_end.close()
+    try:
+        return _supervise(config, log, handlers, supervisor_end, creator)
+    finally:
+        os.rmdir(newroot)
+
+
+def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.socket,
+               creator: int) -> int:
+    from pylos.hashing import HashCache
+    from pylos.runtime.policy import FilePolicy, TrustedFiles
+    from pylos.runtime.supervisor import Supervisor
+
+    sigterm_injected = False
+    supervisor: Supervisor | None = None
+
+    def forward(sig: int, _frame) -> None:
+        nonlocal sigterm_injected
+        target = supervisor.main_pid if supervisor is not None else None
+        if sig == signal.SIGTERM:
+            if config.enable_sigterm_injection and not sigterm_injected and target:
+                sigterm_injected = True
+                _kill(-target, signal.SIGTERM)
+                return
+            _kill(creator, signal.SIGKILL)  # ends the enclave: PDEATHSIG does the rest
+            return
+        if target:
+            _kill(-target, sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, forward)
+
+    view = json.loads(channel.recv(65536) or b'{"error": "the enclave did not start"}')
+    if "error" in view:
+        os.waitpid(creator, 0)
+        raise PylosError(view["error"])
+    _, fds, _, _ = socket.recv_fds(channel, 16, 1)
+    channel.close()
+    if not fds:
+        _, status = os.waitpid(creator, 0)
+        return _exit_code(status)
+    listener = seccomp.Listener(fds[0])
+    listener.enable_sync_wake_up()
+    policy = FilePolicy(TrustedFiles(config.trusted, HashCache.default(), log),
+                        set(view["writable"]), set(view["private"]), config.allow_all_but_log, log)
+    supervisor = Supervisor(listener, config, policy, log, handlers)
+    try:
+        supervisor.run()
+    finally:
+        os.close(listener.fd)
+        policy.trusted.save_cache()
+    _, status = os.waitpid(creator, 0)
+    if os.isatty(0):
+        _restore_foreground()
+    return _exit_code(status)
+
+
+def _exit_code(status: int) -> int:
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(
+        status)
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _restore_foreground() -> None:
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.tcsetpgrp(0, os.getpgrp())
+    signal.signal(signal.SIGTTOU, previous)

@@ -1,0 +1,115 @@
+"""Finding and checking what `pylos run APP` runs, as `gramine-sgx` / `gramine-direct` do.
+
+With `APP.manifest.sgx` and `APP.sig` (SGX mode): the SIGSTRUCT's signature must verify, the
+measurement of the `.manifest.sgx` bytes (with this runtime's identity) must equal its
+ENCLAVEHASH, its attributes must be the manifest's, and the LibOS hash recorded in the
+manifest must be this pylos's. Without them, `APP.manifest` runs in development mode (no
+measurement, hence no reports, quotes or sealing keys).
+
+Parsing a 1.4 MB python manifest costs ~200 ms, so the parsed form is cached (marshal) under
+the SHA-256 of the manifest bytes; the signature and measurement are re-checked every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+from dataclasses import dataclass
+from pathlib import Path
+
+from pylos import install
+from pylos.errors import PylosError
+from pylos.hashing import cache_dir, write_atomic
+from pylos.manifest import Manifest
+
+
+@dataclass
+class LoadedEnclave:
+    manifest: Manifest
+    sgx_mode: bool
+    mr_enclave: bytes | None = None
+    mr_signer: bytes | None = None
+
+
+def app_base(app: str) -> str:
+    """`APP`, `APP.manifest` and `APP.manifest.sgx` all name the same application."""
+    for suffix in (".manifest.sgx", ".manifest"):
+        if app.endswith(suffix):
+            return app[: -len(suffix)]
+    return app
+
+
+def _parse_cached(data: bytes, source: str) -> Manifest:
+    digest = hashlib.sha256(data).hexdigest()
+    cached = cache_dir() / "manifests" / f"{digest}.marshal"
+    try:
+        manifest = Manifest.__new__(Manifest)
+        manifest.data, manifest.source = marshal.loads(cached.read_bytes()), source
+        return manifest
+    except (OSError, EOFError, ValueError, TypeError):
+        pass
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise PylosError(f"{source}: not a UTF-8 text manifest") from None
+    manifest = Manifest.loads(text, source)
+    manifest.check()
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cached, marshal.dumps(manifest.data), mode=0o600)
+    except OSError:
+        pass  # caching is an optimisation only
+    return manifest
+
+
+def load_enclave(app: str) -> LoadedEnclave:
+    base = app_base(app)
+    signed, sig_path, plain = Path(base + ".manifest.sgx"), Path(base + ".sig"), Path(
+        base + ".manifest")
+    if signed.exists():
+        if not sig_path.exists():
+            raise PylosError(f"Invalid application path specified ({sig_path} does not exist; "
+                             f"sign the manifest with `pylos sign -m {plain}`).")
+        return _load_signed(signed, sig_path)
+    if plain.exists():
+        manifest = _parse_cached(_read(plain), str(plain))
+        return LoadedEnclave(manifest, sgx_mode=False)
+    raise PylosError(f"Invalid application path specified ({signed} does not exist, nor does "
+                     f"{plain}).")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PylosError(f"cannot read '{path}': {exc.strerror}") from None
+
+
+def _load_signed(manifest_path: Path, sig_path: Path) -> LoadedEnclave:
+    from pylos.sgx.sign import enclave_attributes, measure
+    from pylos.sgx.sigstruct import Sigstruct
+
+    data = _read(manifest_path)
+    try:
+        sigstruct = Sigstruct.unpack(_read(sig_path))
+    except ValueError as exc:
+        raise PylosError(f"'{sig_path}': {exc}") from None
+    if not sigstruct.verify():
+        raise PylosError(f"'{sig_path}': the SIGSTRUCT signature does not verify")
+    manifest = _parse_cached(data, str(manifest_path))
+    recorded = manifest.data["loader"]["entrypoint"].get("sha256")
+    if recorded != install.libos_hash():
+        raise PylosError(
+            "Hash of entrypoint does not match with the reference hash in manifest "
+            f"(the manifest was signed for LibOS {recorded}, this pylos is "
+            f"{install.libos_hash()}; re-sign it with this pylos)"
+        )
+    if measure(data, manifest) != sigstruct.enclave_hash:
+        raise PylosError(f"'{manifest_path}' does not match the measurement in '{sig_path}' "
+                         "(edited after signing?)")
+    attributes, _, misc_select = enclave_attributes(manifest)
+    if (attributes, misc_select) != (sigstruct.attributes, sigstruct.misc_select):
+        raise PylosError(f"'{sig_path}': attributes do not match the manifest's sgx options")
+    return LoadedEnclave(manifest, sgx_mode=True, mr_enclave=sigstruct.enclave_hash,
+                         mr_signer=sigstruct.mr_signer())
+

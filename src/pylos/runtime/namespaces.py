@@ -1,0 +1,270 @@
+"""The enclave's private view of the file system, built with Linux namespaces.
+
+A user namespace (the program's uid/gid map to the invoking user's), a mount namespace and a
+PID namespace. The new root is a tmpfs skeleton holding only what the manifest mounts: host
+files and directories bind-mounted read-only (allowed files read-write), tmpfs mounts, a
+minimal /dev and the enclave's own /proc. Paths, the ELF interpreter, cwd, dirfds and metadata
+calls then work natively; the supervisor only has to police opens and execs.
+
+Mount points missing inside a bind-mounted host directory are never created on the host: the
+directory is "exploded" into a tmpfs whose entries are bind-mounted one by one, and the mount
+point is created in the tmpfs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+from dataclasses import dataclass, field
+
+from pylos.errors import PylosError
+from pylos.runtime.syscalls.table import SYSCALLS
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
+
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int,
+          data: str | None = None) -> None:
+    enc = (lambda s: s.encode() if s is not None else None)  # noqa: E731
+    _check(_libc.mount(enc(source), target.encode(), enc(fstype), flags, enc(data)),
+           f"mount {source or fstype} on {target}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def enter_user_namespace(inside_uid: int, inside_gid: int) -> None:
+    """New user + mount + PID namespaces; the invoking user appears as (inside_uid, inside_gid)."""
+    uid, gid = os.geteuid(), os.getegid()
+    unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID)
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"{inside_uid} {uid} 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"{inside_gid} {gid} 1")
+
+
+@dataclass
+class Bind:
+    host: str
+    path: str
+    writable: bool
+
+
+@dataclass
+class ViewPlan:
+    """What the view contains, in mount order (shallow paths first)."""
+
+    root_host: str | None
+    root_writable: bool
+    binds: list[Bind | str] = field(default_factory=list)  # a str entry is a tmpfs path
+    loader_search: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ViewResult:
+    """Mount IDs the supervisor's policy needs (mount IDs are system-wide): read-write binds
+    (allowed files) and the enclave's private mounts (tmpfs, its own /proc)."""
+
+    writable_mount_ids: list[int] = field(default_factory=list)
+    private_mount_ids: list[int] = field(default_factory=list)
+
+
+class ViewBuilder:
+    def __init__(self, newroot: str) -> None:
+        self.newroot = newroot
+        self.host_binds: dict[str, str] = {}  # enclave dir path -> host dir (explodable)
+        self.skeletons: list[str] = []  # exploded directories: tmpfs, read-only once built
+        self.result = ViewResult()
+
+    def real(self, path: str) -> str:
+        return self.newroot + path if path != "/" else self.newroot
+
+    def bind(self, host: str, path: str, writable: bool) -> None:
+        try:
+            st = os.stat(host)
+        except OSError as exc:
+            raise PylosError(f"cannot mount '{host}' at '{path}': {exc.strerror}") from None
+        is_dir = stat.S_ISDIR(st.st_mode)
+        self.ensure(path, is_dir)
+        target = self.real(path)
+        mount(host, target, None, MS_BIND | MS_REC)
+        if not writable:
+            self.remount_readonly(target)
+        if is_dir:
+            self.host_binds[path] = host
+        if writable:
+            self.result.writable_mount_ids.append(_mount_id_of(target))
+
+    def tmpfs(self, path: str) -> None:
+        self.ensure(path, True)
+        mount("tmpfs", self.real(path), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        self.host_binds.pop(path, None)
+        self.result.private_mount_ids.append(_mount_id_of(self.real(path)))
+
+    @staticmethod
+    def remount_readonly(target: str) -> None:
+        # Flags locked by the user namespace (nosuid, nodev, noexec) must be kept on remount.
+        st = os.statvfs(target)
+        keep = 0
+        for flag, bit in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
+                          (os.ST_NOEXEC, MS_NOEXEC)):
+            if st.f_flag & flag:
+                keep |= bit
+        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
+
+    def ensure(self, path: str, is_dir: bool) -> None:
+        """Make `path` exist in the view as a directory or a file, never touching the host."""
+        parent = os.path.dirname(path)
+        if path != "/":
+            self.ensure(parent, True)
+        real = self.real(path)
+        if os.path.lexists(real):
+            if os.path.islink(real):
+                raise PylosError(f"mount point '{path}' is a symbolic link in the enclave view")
+            return
+        owner = self._host_bind_owning(parent)
+        if owner is not None:
+            self.explode(owner)
+        if is_dir:
+            os.mkdir(real, 0o755)
+        else:
+            os.close(os.open(real, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+    def _host_bind_owning(self, path: str) -> str | None:
+        """The bind-mounted host directory that `path` lies in, if any (deepest first)."""
+        candidate = path
+        while True:
+            if candidate in self.host_binds:
+                return candidate
+            if candidate == "/":
+                return None
+            candidate = os.path.dirname(candidate)
+
+    def explode(self, path: str) -> None:
+        """Replace the bind of a host directory at `path` by a tmpfs of per-entry binds."""
+        host = self.host_binds.pop(path)
+        real = self.real(path)
+        writable = not (os.statvfs(real).f_flag & os.ST_RDONLY)
+        _check(_libc.umount2(real.encode(), MNT_DETACH), f"umount {real}")
+        mount("tmpfs", real, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        self.skeletons.append(real)
+        self.populate(host, path, writable)
+
+    def populate(self, host_dir: str, path: str, writable: bool) -> None:
+        """Bind each entry of `host_dir` at `path/<entry>` (symlinks are recreated)."""
+        for name in sorted(os.listdir(host_dir)):
+            host = os.path.join(host_dir, name)
+            inner = os.path.join(path, name)
+            if os.path.islink(host):
+                os.symlink(os.readlink(host), self.real(inner))
+            elif os.path.isdir(host) or os.path.isfile(host):
+                self.bind(host, inner, writable)
+
+    def finish(self, loader_search: list[str]) -> None:
+        self._make_dev()
+        self.ensure("/proc", True)
+        self.host_binds.pop("/proc", None)
+        mount("proc", self.real("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        self.result.private_mount_ids.append(_mount_id_of(self.real("/proc")))
+        self._make_loader_resolvable(loader_search)
+        for skeleton in [*self.skeletons, self.newroot]:
+            mount(None, skeleton, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+    def _make_dev(self) -> None:
+        self.ensure("/dev", True)
+        self.host_binds.pop("/dev", None)
+        dev = self.real("/dev")
+        mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=0755")
+        for name in DEV_NODES:
+            if os.path.exists(f"/dev/{name}"):
+                os.close(os.open(f"{dev}/{name}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+                mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+            os.symlink(target, f"{dev}/{name}")
+        os.mkdir(f"{dev}/shm", 0o1777)
+        mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        self.result.private_mount_ids.append(_mount_id_of(f"{dev}/shm"))
+
+    def _make_loader_resolvable(self, search: list[str]) -> None:
+        """Gramine finds the ELF interpreter by name; the kernel needs PT_INTERP's path."""
+        real = self.real(LOADER)
+        if os.path.exists(real):
+            return
+        name = os.path.basename(LOADER)
+        for directory in search:
+            if os.path.isfile(self.real(os.path.join(directory, name))):
+                self.ensure(os.path.dirname(LOADER), True)
+                if os.path.lexists(real):
+                    os.unlink(real)
+                os.symlink(os.path.join(directory, name), real)
+                return
+
+
+def _mount_id_of(path: str) -> int:
+    from pylos.runtime.target import mount_id
+
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        return mount_id(fd)
+    finally:
+        os.close(fd)
+
+
+def build_view(plan: ViewPlan, newroot: str, start_dir: str) -> ViewResult:
+    """Build the view at `newroot` (an empty directory) and make it this process's root.
+
+    Runs inside the new namespaces, as the PID namespace's init, before the program starts.
+    """
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("tmpfs", newroot, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    builder = ViewBuilder(newroot)
+    if plan.root_host is not None:
+        # Entries of the root are bound one by one into the tmpfs skeleton, so new top-level
+        # mount points are created in the skeleton, never in the host directory.
+        builder.populate(plan.root_host, "/", plan.root_writable)
+    for entry in plan.binds:
+        if isinstance(entry, str):
+            builder.tmpfs(entry)
+        else:
+            builder.bind(entry.host, entry.path, entry.writable)
+    # Skeletons end read-only: new files go to tmpfs mounts or allowed directories.
+    builder.finish(plan.loader_search)
+    os.chdir(newroot)
+    _check(_libc.syscall(SYSCALLS["pivot_root"], b".", b"."), "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+    try:
+        os.chdir(start_dir)
+    except OSError as exc:
+        raise PylosError(f"fs.start_dir '{start_dir}': {exc.strerror}") from None
+    return builder.result

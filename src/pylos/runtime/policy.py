@@ -1,0 +1,140 @@
+"""The file policy of the manifest, decided on what was actually opened (fstat), not on names.
+
+- trusted files (`sgx.trusted_files`): identified by (device, inode) of the host file; opened
+  read-only; verified against the manifest's SHA-256 before the first byte is served; what the
+  program receives is a sealed memfd holding the verified bytes, so a host file changed after
+  verification is never seen (each open gets its own open file description and offset);
+- allowed files: anything on a read-write mount (allowed directories and files are the only
+  read-write binds in the view), on tmpfs mounts and in the enclave's own /proc;
+- directories and the view's device nodes are always openable;
+- anything else is refused (`sgx.file_check_policy = "strict"`) or allowed with a warning.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pylos.hashing import FileKey, HashCache
+
+SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
+class PolicyError(Exception):
+    """An open or exec the policy refuses: errno for the program, message for the log."""
+
+    def __init__(self, err: int, message: str, level: str = "error") -> None:
+        super().__init__(message)
+        self.errno = err
+        self.level = level
+
+
+@dataclass
+class Verified:
+    memfd: int
+    size: int
+
+
+class TrustedFiles:
+    """Trusted host files by inode, and their verified, sealed in-memory copies."""
+
+    def __init__(self, expected: dict[str, str], cache: HashCache,
+                 log: Callable[[str, str], None]) -> None:
+        self._expected_by_path = expected
+        self._by_inode: dict[tuple[int, int], tuple[str, str]] | None = None
+        self._cache = cache
+        self._log = log
+        self._copies: dict[FileKey, Verified] = {}
+
+    def save_cache(self) -> None:
+        self._cache.save()
+
+    def lookup(self, st: os.stat_result) -> tuple[str, str] | None:
+        """(host path, sha256) of the trusted file with this inode, if it is one."""
+        if self._by_inode is None:
+            # Built on first use: stat-ing thousands of trusted files costs ~10 ms.
+            self._by_inode = {}
+            for path, digest in self._expected_by_path.items():
+                try:
+                    host = os.stat(path)
+                except OSError:
+                    continue  # a missing trusted file simply cannot be opened
+                self._by_inode.setdefault((host.st_dev, host.st_ino), (path, digest))
+        return self._by_inode.get((st.st_dev, st.st_ino))
+
+    def verified_copy(self, fd: int, host_path: str, expected: str) -> Verified:
+        """A sealed memfd with the file's bytes, after checking them against `expected`."""
+        key = FileKey.from_stat(os.fstat(fd))
+        cached = self._copies.get(key)
+        if cached is not None:
+            return cached
+        memfd = os.memfd_create(f"pylos-trusted:{os.path.basename(host_path)}",
+                                os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            offset = 0
+            while offset < key.size:
+                sent = os.sendfile(memfd, fd, offset, key.size - offset)
+                if sent == 0:
+                    break
+                offset += sent
+            if FileKey.from_stat(os.fstat(fd)) != key or offset != key.size:
+                raise PolicyError(errno.EPERM, f"Trusted file '{host_path}' changed while it was "
+                                  "being verified")
+            digest = self._cache.get(key)
+            if digest is None:
+                with os.fdopen(os.dup(memfd), "rb") as copy:
+                    copy.seek(0)
+                    digest = hashlib.file_digest(copy, "sha256").hexdigest()
+                self._cache.put(key, digest)
+            if digest != expected:
+                raise PolicyError(
+                    errno.EPERM,
+                    f"Hash of trusted file '{host_path}' does not match with the reference hash "
+                    f"in manifest (expected {expected}, actual {digest})",
+                )
+            fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, SEALS)
+        except BaseException:
+            os.close(memfd)
+            raise
+        verified = Verified(memfd, key.size)
+        self._copies[key] = verified
+        return verified
+
+
+class FilePolicy:
+    def __init__(self, trusted: TrustedFiles, writable_mounts: set[int], private_mounts: set[int],
+                 allow_all_but_log: bool, log: Callable[[str, str], None]) -> None:
+        self.trusted = trusted
+        self.writable_mounts = writable_mounts
+        self.private_mounts = private_mounts
+        self.allow_all_but_log = allow_all_but_log
+        self._log = log
+
+    def admit(self, fd: int, st: os.stat_result, mnt_id: int, name: str, flags: int) -> int:
+        """Decide on an opened fd: return the fd to give the program (maybe a verified copy).
+
+        Raises PolicyError when the open must fail. `fd` stays owned by the caller.
+        """
+        mode = st.st_mode
+        if not stat.S_ISREG(mode):
+            return fd  # directories, the view's device nodes, fifos, sockets
+        entry = self.trusted.lookup(st)
+        if entry is not None:
+            host_path, expected = entry
+            if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+                raise PolicyError(errno.EACCES, f"Disallowing write/append to a trusted file "
+                                  f"'{name}'")
+            return self.trusted.verified_copy(fd, host_path, expected).memfd
+        if mnt_id in self.writable_mounts or mnt_id in self.private_mounts:
+            return fd
+        if self.allow_all_but_log:
+            self._log("warning", f"Allowing access to unknown file '{name}' due to "
+                      "file_check_policy.")
+            return fd
+        raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}'; file is not "
+                          "allowed.")

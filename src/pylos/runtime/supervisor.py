@@ -1,0 +1,105 @@
+"""The supervisor: receives trapped system calls and answers them, one handler per call.
+
+gVisor-style: a table maps each trapped syscall number to a small handler (`syscalls/files.py`
+for the open family, `syscalls/processes.py` for exec and clone). The loop knows no policy.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from pylos.runtime.config import EnclaveConfig
+from pylos.runtime.policy import FilePolicy
+from pylos.runtime.seccomp import Listener, Notification
+from pylos.runtime.syscalls.table import NAMES
+
+Handler = Callable[["Supervisor", Notification], None]
+
+
+class Log:
+    """Gramine's cumulative log levels; to stderr or appended to `loader.log_file`."""
+
+    def __init__(self, config: EnclaveConfig) -> None:
+        self.config = config
+        self.trace = config.logs("trace")
+        self._stream: TextIO = sys.stderr
+        if config.log_file:
+            try:
+                self._stream = open(config.log_file, "a", buffering=1)  # noqa: SIM115
+            except OSError as exc:
+                print(f"[pylos] error: cannot open loader.log_file '{config.log_file}': "
+                      f"{exc.strerror}; logging to stderr", file=sys.stderr)
+
+    def __call__(self, level: str, message: str) -> None:
+        if self.config.logs(level):
+            print(f"[pylos] {level}: {message}", file=self._stream, flush=True)
+
+
+class Supervisor:
+    def __init__(self, listener: Listener, config: EnclaveConfig, policy: FilePolicy, log: Log,
+                 handlers: dict[int, Handler]) -> None:
+        self.listener = listener
+        self.config = config
+        self.policy = policy
+        self.log = log
+        self.handlers = handlers
+        self.root_fd: int | None = None
+        self.main_pid: int | None = None  # host pid of the program's first process
+        self.threads: dict[int, tuple[int, int]] = {}  # tgid -> (tasks seen, clones pending)
+        self.warned: set[str] = set()
+
+    def warn_once(self, key: str, level: str, message: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            self.log(level, message)
+
+    def root(self, pid: int) -> int:
+        """An O_PATH fd on the enclave's root, taken from the first process that asks."""
+        if self.root_fd is None:
+            self.root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self.root_fd
+
+    def run(self) -> None:
+        """Serve notifications until no process of the enclave is left."""
+        poller = select.poll()
+        poller.register(self.listener.fd, select.POLLIN)
+        while True:
+            events = poller.poll()
+            if any(event & (select.POLLHUP | select.POLLERR) for _, event in events):
+                return
+            try:
+                notification = self.listener.receive()
+            except OSError as exc:
+                if exc.errno == errno.ENOENT and not self._has_users():
+                    return
+                if exc.errno in (errno.ENOENT, errno.EINTR):
+                    continue  # the caller was interrupted before we got to it
+                raise
+            if self.main_pid is None:
+                self.main_pid = notification.pid
+            handler = self.handlers.get(notification.nr)
+            if handler is None:  # the filter only traps what has a handler
+                self.listener.reply(notification.id, error=errno.ENOSYS)
+                continue
+            try:
+                handler(self, notification)
+            except Exception as exc:  # one bad call must not end the enclave
+                self.log("error", f"internal error handling {NAMES.get(notification.nr)}: "
+                         f"{exc!r}")
+                if self.listener.id_valid(notification.id):
+                    self.listener.reply(notification.id, error=errno.EIO)
+
+    def _has_users(self) -> bool:
+        events = select.poll()
+        events.register(self.listener.fd, select.POLLIN)
+        return not any(e & select.POLLHUP for _, e in events.poll(0))
+
+    def trace(self, notification: Notification, text: str, result: str) -> None:
+        if self.log.trace:
+            name = NAMES.get(notification.nr, str(notification.nr))
+            self.log("trace", f"[{notification.pid}] {name}({text}) = {result}")

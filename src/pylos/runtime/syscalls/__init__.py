@@ -1,0 +1,1 @@
+"""Handlers for trapped system calls, one module per family (files, processes)."""

@@ -1,0 +1,155 @@
+"""exec and clone: verify before the kernel maps, count threads against `sgx.max_threads`.
+
+The kernel maps an executable, its ELF interpreter (PT_INTERP) and a script's `#!`
+interpreter itself, with no notification for the latter two, so all of them are resolved in
+the view and verified here before the exec may proceed. Exec cannot be emulated: after the
+verification the call is CONTINUEd. Known limit (docs/runtime.md): the host could still
+replace the file between this check and the kernel's open; files modified earlier are caught.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import struct
+from typing import TYPE_CHECKING
+
+from pylos.runtime.policy import PolicyError
+from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view
+from pylos.runtime.target import read_c_string, thread_group
+
+if TYPE_CHECKING:
+    from pylos.runtime.seccomp import Notification
+    from pylos.runtime.supervisor import Supervisor
+
+AT_EMPTY_PATH = 0x1000
+CLONE_THREAD = 0x00010000
+MAX_INTERPRETER_DEPTH = 4
+ELF_HEADER = struct.Struct("<4sBBBBB7xHHIQQQIHHHHHH")
+PHDR = struct.Struct("<IIQQQQQQ")
+PT_INTERP = 3
+
+
+def _interpreter_of(fd: int) -> bytes | None:
+    """The path a kernel exec would also map: `#!` interpreter or ELF PT_INTERP."""
+    head = os.pread(fd, 256, 0)
+    if head.startswith(b"#!"):
+        line = head[2:].split(b"\n", 1)[0].strip()
+        return line.split()[0] if line else None
+    if not head.startswith(b"\x7fELF") or len(head) < ELF_HEADER.size:
+        return None
+    fields = ELF_HEADER.unpack_from(head)
+    phoff, phentsize, phnum = fields[10], fields[14], fields[15]
+    table = os.pread(fd, phentsize * phnum, phoff)
+    for i in range(phnum):
+        p_type, _, p_offset, _, _, p_filesz, _, _ = PHDR.unpack_from(table, i * phentsize)
+        if p_type == PT_INTERP:
+            return os.pread(fd, p_filesz, p_offset).rstrip(b"\0")
+    return None
+
+
+def verify_executable(sup: Supervisor, pid: int, fd: int, name: str, depth: int = 0) -> None:
+    """Raise PolicyError unless `fd` (and any interpreter it names) is trusted and intact."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise PolicyError(errno.EACCES, f"Disallowing exec of '{name}': not a regular file")
+    entry = sup.policy.trusted.lookup(st)
+    if entry is None:
+        if not sup.policy.allow_all_but_log:
+            raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}'; file is not "
+                              "allowed.")
+        sup.log("warning", f"Allowing access to unknown file '{name}' due to file_check_policy.")
+    else:
+        sup.policy.trusted.verified_copy(fd, *entry)
+    interpreter = _interpreter_of(fd)
+    if interpreter is None:
+        return
+    if depth >= MAX_INTERPRETER_DEPTH:
+        raise PolicyError(errno.ELOOP, f"too many nested interpreters for '{name}'")
+    interp_fd = _open_in_view(sup, pid, AT_FDCWD, interpreter, os.O_RDONLY, 0, 0)
+    try:
+        verify_executable(sup, pid, interp_fd, interpreter.decode(errors="replace"), depth + 1)
+    finally:
+        os.close(interp_fd)
+
+
+def _verify_exec(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, flags: int) -> None:
+    try:
+        path = read_c_string(n.pid, path_ptr) if path_ptr else b""
+    except OSError as exc:
+        if sup.listener.id_valid(n.id):
+            sup.listener.reply(n.id, error=exc.errno or errno.EFAULT)
+        return
+    if not sup.listener.id_valid(n.id):
+        return
+    name = path.decode(errors="replace")
+    fd = -1
+    try:
+        if not path and flags & AT_EMPTY_PATH:
+            fd = os.open(f"/proc/{n.pid}/fd/{dirfd}", os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            fd = _open_in_view(sup, n.pid, dirfd, path, os.O_RDONLY, 0, 0)
+        verify_executable(sup, n.pid, fd, name)
+    except PolicyError as exc:
+        sup.log(exc.level, str(exc))
+        sup.listener.reply(n.id, error=exc.errno)
+        sup.trace(n, f'"{name}"', f"-{errno.errorcode.get(exc.errno, exc.errno)}")
+        return
+    except OSError as exc:
+        sup.listener.reply(n.id, error=exc.errno or errno.EIO)
+        sup.trace(n, f'"{name}"', f"-{errno.errorcode.get(exc.errno or 0, exc.errno)}")
+        return
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    sup.trace(n, f'"{name}"', "verified, continue")
+    sup.listener.allow(n.id)
+
+
+def handle_execve(sup: Supervisor, n: Notification) -> None:
+    _verify_exec(sup, n, AT_FDCWD, n.args[0], 0)
+
+
+def handle_execveat(sup: Supervisor, n: Notification) -> None:
+    _verify_exec(sup, n, _int32(n.args[0]), n.args[1], n.args[4])
+
+
+def handle_clone(sup: Supervisor, n: Notification) -> None:
+    """Only trapped for clone(CLONE_THREAD) (thread limit) and, when subprocesses are
+    disabled, for process creation; the decision uses registers only, so CONTINUE is safe."""
+    if not n.args[0] & CLONE_THREAD:
+        refuse_subprocess(sup, n)
+        return
+    limit = sup.config.max_threads
+    try:
+        tgid = thread_group(n.pid)
+        tasks = len(os.listdir(f"/proc/{tgid}/task"))
+    except OSError:
+        sup.listener.allow(n.id)
+        return
+    seen, pending = sup.threads.get(tgid, (tasks, 0))
+    if tasks > seen:  # threads we let through have appeared
+        pending = max(0, pending - (tasks - seen))
+    if limit is not None and tasks + pending >= limit:
+        sup.log("error", "There are no available TCS pages left for a new thread. Please try to "
+                "increase sgx.max_threads in the manifest. The current value is "
+                f"{limit}")
+        sup.threads[tgid] = (tasks, pending)
+        sup.listener.reply(n.id, error=errno.ENOMEM)
+        return
+    sup.threads[tgid] = (tasks, pending + 1)
+    sup.listener.allow(n.id)
+
+
+def refuse_subprocess(sup: Supervisor, n: Notification) -> None:
+    sup.warn_once("subprocess", "warning", "The app tried to create a subprocess, but this is "
+                  "disabled (sys.disallow_subprocesses = true)")
+    sup.listener.reply(n.id, error=errno.EAGAIN)
+
+
+def handle_mocked(sup: Supervisor, n: Notification) -> None:
+    """`sys.debug__mock_syscalls` entries with a positive return value."""
+    from pylos.runtime.syscalls.table import NAMES
+
+    sup.listener.reply(n.id, value=sup.config.mock_syscalls[NAMES[n.nr]])

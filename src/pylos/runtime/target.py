@@ -1,0 +1,99 @@
+"""Reading a trapped program's state from outside: its memory, cwd, fds and namespace pid.
+
+Every read of program memory is followed by NOTIF_ID_VALID before the result is used: TIDs are
+reused and a signalled caller may already be elsewhere (seccomp-notify.md §2.2).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from pylos.runtime.syscalls.table import SYSCALLS
+
+PATH_MAX = 4096
+PAGE = 4096
+
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64))
+
+
+def openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    """openat2(2); raises OSError with the kernel's errno."""
+    how = OpenHow(flags, mode, resolve)
+    fd = _libc.syscall(SYSCALLS["openat2"], dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+class StatxMntId(ctypes.Structure):
+    # Only the fields up to stx_mnt_id (offset 144) matter; the buffer is the full 256 bytes.
+    _fields_ = (("head", ctypes.c_uint8 * 144), ("mnt_id", ctypes.c_uint64),
+                ("tail", ctypes.c_uint8 * 104))
+
+
+STATX_MNT_ID = 0x1000
+AT_EMPTY_PATH = 0x1000
+
+
+def mount_id(fd: int) -> int:
+    """The mount ID (system-wide) of the mount an fd lives on."""
+    buf = StatxMntId()
+    if _libc.syscall(SYSCALLS["statx"], fd, b"", AT_EMPTY_PATH, STATX_MNT_ID,
+                     ctypes.byref(buf)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf.mnt_id
+
+
+def read_c_string(pid: int, address: int, limit: int = PATH_MAX) -> bytes:
+    """A NUL-terminated string from `pid`'s memory, read page by page (EFAULT past a page end)."""
+    if address == 0:
+        raise OSError(errno.EFAULT, "NULL pointer")
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = b""
+        while len(data) < limit:
+            chunk_len = min(PAGE - (address + len(data)) % PAGE, limit - len(data))
+            try:
+                chunk = os.pread(fd, chunk_len, address + len(data))
+            except OSError as exc:
+                raise OSError(errno.EFAULT, "bad address") from exc
+            if not chunk:
+                raise OSError(errno.EFAULT, "bad address")
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return data + chunk[:end]
+            data += chunk
+    finally:
+        os.close(fd)
+    raise OSError(errno.ENAMETOOLONG, "path too long")
+
+
+def namespace_pid(pid: int) -> int:
+    """`pid` as the program sees itself (innermost NSpid), for /proc/self rewriting."""
+    with open(f"/proc/{pid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"NSpid:"):
+                return int(line.split()[-1])
+    raise OSError(errno.ESRCH, "no NSpid")
+
+
+def thread_group(tid: int) -> int:
+    with open(f"/proc/{tid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    raise OSError(errno.ESRCH, "no Tgid")
