@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pylos.sgx.sigstruct import Sigstruct
+
 from support import EXAMPLES, PYLOS, run_pylos
 
 TEMPLATE = """\

@@ -11,6 +11,7 @@ import pytest
 
 from pylos.hashing import HashCache
 from pylos.manifest import Manifest
+
 from support import EXAMPLES, gramine_template
 
 ARCH_LIBDIR = "/lib/x86_64-linux-gnu"

@@ -1,4 +1,4 @@
-"""`pylos run` (gramine-sgx / gramine-direct)."""
+"""`pylos run` (gramine-sgx / gramine-direct), `pylos doctor`, `pylos argv-serializer`."""
 
 from __future__ import annotations
 
@@ -18,4 +18,29 @@ def run_cmd(app: str, args: tuple[str, ...]) -> None:
     sys.exit(run(app, list(args)))
 
 
-COMMANDS = [run_cmd]
+@click.command("doctor")
+def doctor_cmd() -> None:
+    """Check what this kernel gives pylos; exit status = bitmask of what is missing."""
+    from pylos.runtime.doctor import check
+
+    status = 0
+    for feature, ok in check():
+        click.echo(f"{'ok     ' if ok else 'MISSING'} {feature.name}")
+        if not ok:
+            click.echo(f"        fix: {feature.fix}")
+            status |= feature.bit
+    if status:
+        click.echo(f"pylos cannot run enclaves here (exit status {status} = missing bits)")
+    else:
+        click.echo("pylos can run enclaves on this machine (simulated SGX: no hardware used)")
+    sys.exit(status)
+
+
+@click.command("argv-serializer")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def argv_serializer_cmd(args: tuple[str, ...]) -> None:
+    """Write ARGS NUL-separated to stdout, for loader.argv_src_file (gramine-argv-serializer)."""
+    sys.stdout.buffer.write(b"".join(arg.encode() + b"\0" for arg in args))
+
+
+COMMANDS = [run_cmd, doctor_cmd, argv_serializer_cmd]

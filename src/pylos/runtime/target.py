@@ -82,13 +82,13 @@ def read_c_string(pid: int, address: int, limit: int = PATH_MAX) -> bytes:
     raise OSError(errno.ENAMETOOLONG, "path too long")
 
 
-def namespace_pid(pid: int) -> int:
-    """`pid` as the program sees itself (innermost NSpid), for /proc/self rewriting."""
-    with open(f"/proc/{pid}/status", "rb") as status:
+def namespace_pid(tid: int, field: bytes = b"NStgid:") -> int:
+    """The process (NStgid) or thread (NSpid) id of host `tid` as the program sees it."""
+    with open(f"/proc/{tid}/status", "rb") as status:
         for line in status:
-            if line.startswith(b"NSpid:"):
+            if line.startswith(field):
                 return int(line.split()[-1])
-    raise OSError(errno.ESRCH, "no NSpid")
+    raise OSError(errno.ESRCH, f"no {field.decode()}")
 
 
 def thread_group(tid: int) -> int:

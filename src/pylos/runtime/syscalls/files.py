@@ -31,7 +31,7 @@ AT_FDCWD = -100
 O_PATH = os.O_PATH
 OPEN_HOW = struct.Struct("<QQQ")
 # /proc/self/fd/N, /dev/fd/N, /dev/stdin...: reopening one of the program's own descriptors.
-FD_PATH = re.compile(rb"^/(?:proc/(?:self|thread-self|\d+)/fd|dev/fd)/(\d+)$")
+FD_PATH = re.compile(rb"^/(?:proc/(\d+)(?:/task/\d+)?/fd|dev/fd)/(\d+)$")
 STD_STREAMS = {b"/dev/stdin": 0, b"/dev/stdout": 1, b"/dev/stderr": 2}
 
 
@@ -49,12 +49,14 @@ def _umask(pid: int) -> int:
     return 0o022
 
 
-def _rewrite_proc_self(sup: Supervisor, pid: int, path: bytes) -> bytes:
+def _rewrite_proc_self(pid: int, path: bytes) -> bytes:
     """`/proc/self` in the view means the program, not the supervisor reading for it."""
-    if path.startswith((b"/proc/self", b"/proc/thread-self")):
-        head, _, rest = path[len(b"/proc/"):].partition(b"/")
+    head, _, rest = path[len(b"/proc/"):].partition(b"/")
+    if path.startswith(b"/proc/") and head in (b"self", b"thread-self"):
         ns_pid = str(namespace_pid(pid)).encode()
-        base = b"/proc/" + ns_pid if head == b"self" else b"/proc/" + ns_pid + b"/task/" + ns_pid
+        base = b"/proc/" + ns_pid
+        if head == b"thread-self":
+            base += b"/task/" + str(namespace_pid(pid, b"NSpid:")).encode()
         return base + (b"/" + rest if rest else b"")
     return path
 
@@ -126,13 +128,16 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
     try:
         if flags & os.O_CREAT:
             mode &= ~_umask(pid)
-        path = _rewrite_proc_self(sup, pid, path)
+        path = _rewrite_proc_self(pid, path)
         own_fd = STD_STREAMS.get(path)
         match = FD_PATH.match(path)
+        if match and match.group(1) is not None and int(match.group(1)) != namespace_pid(pid):
+            raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}': another "
+                              "process's descriptor")
         within_rights = False
         if own_fd is not None or match:
             fd, within_rights = _reopen_own_fd(
-                pid, own_fd if own_fd is not None else int(match.group(1)),
+                pid, own_fd if own_fd is not None else int(match.group(2)),
                 flags & ~(os.O_CREAT | os.O_EXCL | os.O_CLOEXEC))
         else:
             fd = _open_in_view(sup, pid, dirfd, path, flags & ~os.O_CLOEXEC, mode, resolve)
