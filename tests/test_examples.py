@@ -1,0 +1,53 @@
+"""The examples' own checks (`make check` / `make regression`), as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from support import EXAMPLES, PYLOS
+
+
+def make(example: Path, target: str, key: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(PYLOS).parent}:{os.environ['PATH']}"}
+    return subprocess.run(["make", "SGX=1", f"SGX_SIGNER_KEY={key}", target], cwd=example,
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("key") / "enclave-key.pem"
+    subprocess.run([PYLOS, "gen-key", str(path)], check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture
+def example(tmp_path: Path):
+    def copy(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copytree(EXAMPLES / name, target)
+        return target
+
+    return copy
+
+
+def test_helloworld_check(example, key):
+    result = make(example("helloworld"), "check", key)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ Success ]" in result.stdout
+
+
+def test_bash_regression(example, key):
+    result = make(example("bash"), "regression", key)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for n in range(1, 8):
+        assert f"[ Success {n}/7 ]" in result.stdout
+
+
+def test_python_check(example, key):
+    result = make(example("python"), "check", key)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ Success 1/4 ]" in result.stdout and "[ Success 2/4 ]" in result.stdout
