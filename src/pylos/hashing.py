@@ -18,7 +18,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +163,8 @@ def hash_files(
 
     total = len(pending)
     if pending:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
         with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
             futures = {pool.submit(_hash_one, p): p for p in pending}
             for done, future in enumerate(as_completed(futures), 1):

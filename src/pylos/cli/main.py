@@ -1,44 +1,25 @@
-"""The `pylos` command: a thin click layer over the library API.
+"""Entry point of the `pylos` command.
 
-Every `PylosError` becomes `ERROR: <message>` on stderr and exit status 2 (click's own usage
-errors also exit 2); a traceback means a pylos bug, never a user mistake.
+`pylos run` is the hot path (every enclave start pays for it), so it goes straight to the
+runtime without importing the CLI framework or the build-time tools; every other command
+goes through the click application in `pylos.cli.app`.
 """
 
 from __future__ import annotations
 
 import sys
 
-import click
-
-from pylos import __version__
-from pylos.errors import PylosError
-
-
-class PylosGroup(click.Group):
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
-        try:
-            return super().invoke(ctx)
-        except PylosError as exc:
-            click.echo(f"ERROR: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-
-@click.group(cls=PylosGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="pylos")
-def cli() -> None:
-    """pylos: run unmodified Linux programs in a (simulated) SGX enclave, Gramine-style."""
-
-
-def _register() -> None:
-    from pylos.cli import manifest_cmds, run_cmds, sign_cmds
-
-    for module in (manifest_cmds, sign_cmds, run_cmds):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
-
 
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "run" and not sys.argv[2].startswith("-"):
+        from pylos.errors import PylosError
+        from pylos.runtime.launcher import run
+
+        try:
+            sys.exit(run(sys.argv[2], sys.argv[3:]))
+        except PylosError as exc:
+            print(f"ERROR: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+    from pylos.cli.app import cli
+
     cli(prog_name="pylos")

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import copy
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from pylos import install
 from pylos.errors import PylosError
 from pylos.hashing import HashCache, ProgressCallback
-from pylos.manifest import schema, template
 from pylos.manifest.sizes import parse_size
 from pylos.manifest.trusted import expand_trusted_files
 
@@ -84,6 +80,8 @@ class Manifest:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def loads(cls, text: str, source: str = "manifest") -> Manifest:
+        import tomllib
+
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -101,7 +99,11 @@ class Manifest:
     @classmethod
     def from_template(cls, text: str, variables: dict[str, Any], source: str = "<string>",
                       search_dir: Path | None = None) -> Manifest:
+        from pylos.manifest import template
+
         rendered = template.render(text, variables, source, search_dir)
+        import tomllib
+
         try:
             data = tomllib.loads(rendered)
         except tomllib.TOMLDecodeError as exc:
@@ -110,6 +112,8 @@ class Manifest:
 
     # ---- processing ---------------------------------------------------------------------
     def check(self) -> None:
+        from pylos.manifest import schema
+
         schema.check_manifest(self.data, self.source)
 
     def expand_all_trusted_files(
@@ -124,6 +128,8 @@ class Manifest:
         self.sgx["trusted_files"] = expand_trusted_files(entries, chroot, cache, progress)
 
     def dumps(self) -> str:
+        import tomli_w
+
         return tomli_w.dumps(self.data)
 
     def copy(self) -> Manifest:

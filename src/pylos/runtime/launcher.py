@@ -18,13 +18,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import json
+import marshal
 import os
 import resource
 import signal
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
 from pylos.errors import PylosError
@@ -157,8 +156,8 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: b
     """PID 1 of the enclave: build the view, start the program, reap, exit with its status."""
     _set_pdeathsig()
     result = build_view(plan, newroot, config.start_dir)
-    channel.send(json.dumps({"writable": result.writable_mount_ids,
-                             "private": result.private_mount_ids}).encode())
+    channel.send(marshal.dumps({"writable": result.writable_mount_ids,
+                             "private": result.private_mount_ids}))
     program = os.fork()
     if program == 0:
         try:
@@ -189,9 +188,9 @@ def _namespace_creator(config: EnclaveConfig, plan: ViewPlan, newroot: str,
         try:
             code = _init(config, plan, newroot, program_filter, channel)
         except PylosError as exc:
-            channel.send(json.dumps({"error": str(exc)}).encode())
+            channel.send(marshal.dumps({"error": str(exc)}))
         except OSError as exc:
-            channel.send(json.dumps({"error": f"building the enclave view: {exc}"}).encode())
+            channel.send(marshal.dumps({"error": f"building the enclave view: {exc}"}))
         os._exit(code)
     channel.close()
     _, status = os.waitpid(init, 0)
@@ -222,7 +221,9 @@ def run(app: str, host_args: list[str]) -> int:
     program_filter, handlers = filter_for(config)
     plan = view_plan(config)
     supervisor_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    newroot = tempfile.mkdtemp(prefix="pylos-root-")
+    # An empty host directory to mount the view's tmpfs on (tempfile costs 4 ms to import).
+    newroot = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pylos-root-{os.urandom(8).hex()}")
+    os.mkdir(newroot, 0o700)
     os.umask(0)  # the program's umask is applied to the files it creates, not ours
     creator = os.fork()
     if creator == 0:
@@ -232,7 +233,7 @@ def run(app: str, host_args: list[str]) -> int:
             code = _namespace_creator(config, plan, newroot, program_filter, child_end)
         except BaseException as exc:
             with contextlib.suppress(OSError):
-                child_end.send(json.dumps({"error": f"cannot create namespaces: {exc}"}).encode())
+                child_end.send(marshal.dumps({"error": f"cannot create namespaces: {exc}"}))
         os._exit(code)
     child_end.close()
     try:
@@ -266,7 +267,8 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)
 
-    view = json.loads(channel.recv(65536) or b'{"error": "the enclave did not start"}')
+    message = channel.recv(65536)
+    view = marshal.loads(message) if message else {"error": "the enclave did not start"}
     if "error" in view:
         os.waitpid(creator, 0)
         raise PylosError(view["error"])
