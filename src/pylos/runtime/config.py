@@ -57,8 +57,20 @@ class EnclaveConfig:
     enable_sigterm_injection: bool
     extra_runtime_domain_names_conf: bool
     mock_syscalls: dict[str, int]
+    mount_table: list[Mount] = field(default_factory=list)  # deepest path first
     insecure: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)  # to log once the log is set up
+
+    def host_path_of(self, path: str) -> str | None:
+        """The host path behind a canonical in-view path, by the mount table (None: tmpfs)."""
+        for mount in self.mount_table:
+            inside = mount.path
+            if path == inside or path.startswith(inside.rstrip("/") + "/"):
+                if mount.host is None:
+                    return None
+                rest = path[len(inside.rstrip("/")):]
+                return mount.host + rest if rest else mount.host
+        return None
 
     def logs(self, level: str) -> bool:
         """Whether messages of `level` are printed under `loader.log_level`."""
@@ -223,6 +235,8 @@ def build_config(manifest: Manifest, host_args: list[str], host_env: dict[str, s
         enable_sigterm_injection=sys_.get("enable_sigterm_injection", False),
         extra_runtime_domain_names_conf=sys_.get("enable_extra_runtime_domain_names_conf", False),
         mock_syscalls={m["name"]: m.get("return", 0) for m in sys_.get("debug__mock_syscalls", [])},
+        # Deeper paths shadow shallower ones, and a later mount shadows an earlier one.
+        mount_table=sorted(reversed([root, *mounts]), key=lambda m: -len(m.path.rstrip("/"))),
         insecure=_insecure_items(data),
         messages=messages,
     )

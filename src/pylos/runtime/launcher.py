@@ -279,7 +279,8 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
         return _exit_code(status)
     listener = seccomp.Listener(fds[0])
     listener.enable_sync_wake_up()
-    policy = FilePolicy(TrustedFiles(config.trusted, HashCache.default(), log),
+    policy = FilePolicy(TrustedFiles(config.trusted, HashCache.default(), log,
+                                     config.host_path_of),
                         set(view["writable"]), set(view["private"]), config.allow_all_but_log, log)
     supervisor = Supervisor(listener, config, policy, log, handlers)
     try:

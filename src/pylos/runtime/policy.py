@@ -44,8 +44,10 @@ class TrustedFiles:
     """Trusted host files by inode, and their verified, sealed in-memory copies."""
 
     def __init__(self, expected: dict[str, str], cache: HashCache,
-                 log: Callable[[str, str], None]) -> None:
+                 log: Callable[[str, str], None],
+                 host_path_of: Callable[[str], str | None] = lambda _path: None) -> None:
         self._expected_by_path = expected
+        self._host_path_of = host_path_of
         self._by_inode: dict[tuple[int, int], tuple[str, str]] | None = None
         self._cache = cache
         self._log = log
@@ -54,10 +56,25 @@ class TrustedFiles:
     def save_cache(self) -> None:
         self._cache.save()
 
-    def lookup(self, st: os.stat_result) -> tuple[str, str] | None:
-        """(host path, sha256) of the trusted file with this inode, if it is one."""
+    def lookup(self, st: os.stat_result, view_path: str | None = None) -> tuple[str, str] | None:
+        """(host path, sha256) of the trusted file with this inode, if it is one.
+
+        Fast path: the canonical in-view path, mapped to the host by the mount table, is a
+        trusted path naming this very inode. Otherwise (the manifest spells the path another
+        way, e.g. through a symlinked directory) all trusted files are indexed by inode once.
+        """
+        if view_path is not None:
+            host = self._host_path_of(view_path)
+            digest = self._expected_by_path.get(host) if host else None
+            if digest is not None:
+                try:
+                    found = os.stat(host)
+                except OSError:
+                    found = None
+                if found is not None and (found.st_dev, found.st_ino) == (st.st_dev, st.st_ino):
+                    return host, digest
         if self._by_inode is None:
-            # Built on first use: stat-ing thousands of trusted files costs ~10 ms.
+            # Built on first need: stat-ing thousands of trusted files costs tens of ms.
             self._by_inode = {}
             for path, digest in self._expected_by_path.items():
                 try:
@@ -115,7 +132,8 @@ class FilePolicy:
         self.allow_all_but_log = allow_all_but_log
         self._log = log
 
-    def admit(self, fd: int, st: os.stat_result, mnt_id: int, name: str, flags: int) -> int:
+    def admit(self, fd: int, st: os.stat_result, mnt_id: int, name: str, flags: int,
+              view_path: str | None = None) -> int:
         """Decide on an opened fd: return the fd to give the program (maybe a verified copy).
 
         Raises PolicyError when the open must fail. `fd` stays owned by the caller.
@@ -123,7 +141,7 @@ class FilePolicy:
         mode = st.st_mode
         if not stat.S_ISREG(mode):
             return fd  # directories, the view's device nodes, fifos, sockets
-        entry = self.trusted.lookup(st)
+        entry = self.trusted.lookup(st, view_path)
         if entry is not None:
             host_path, expected = entry
             if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):

@@ -142,7 +142,8 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
         else:
             fd = _open_in_view(sup, pid, dirfd, path, flags & ~os.O_CLOEXEC, mode, resolve)
         st = os.fstat(fd)
-        served = fd if within_rights else sup.policy.admit(fd, st, mount_id(fd), name, flags)
+        served = fd if within_rights else sup.policy.admit(
+            fd, st, mount_id(fd), name, flags, os.readlink(f"/proc/self/fd/{fd}"))
         if served != fd:
             # A verified copy: a fresh open file description each time (own offset).
             os.close(fd)

@@ -54,7 +54,7 @@ def verify_executable(sup: Supervisor, pid: int, fd: int, name: str, depth: int 
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise PolicyError(errno.EACCES, f"Disallowing exec of '{name}': not a regular file")
-    entry = sup.policy.trusted.lookup(st)
+    entry = sup.policy.trusted.lookup(st, os.readlink(f"/proc/self/fd/{fd}"))
     if entry is None:
         if not sup.policy.allow_all_but_log:
             raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}'; file is not "
