@@ -116,7 +116,7 @@ def test_cache_skips_unchanged_files_and_notices_changes(
     tree: Path, tmp_path: Path, hash_calls: list[str], monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setattr(hashing, "RACY_WINDOW_NS", 0)
-    cache_file = tmp_path / "cache.json"
+    cache_file = tmp_path / "cache.marshal"
     entries = [{"uri": f"file:{tree}/"}]
     first = expand_trusted_files(entries, cache=HashCache(cache_file))
     assert len(hash_calls) == 4 and cache_file.exists()
@@ -131,7 +131,7 @@ def test_cache_skips_unchanged_files_and_notices_changes(
 
 def test_cache_does_not_store_racily_fresh_files(tree: Path, tmp_path: Path,
                                                  hash_calls: list[str]):
-    cache_file = tmp_path / "cache.json"
+    cache_file = tmp_path / "cache.marshal"
     expand_trusted_files([{"uri": f"file:{tree}/a.txt"}], cache=HashCache(cache_file))
     hash_calls.clear()
     expand_trusted_files([{"uri": f"file:{tree}/a.txt"}], cache=HashCache(cache_file))
@@ -139,7 +139,7 @@ def test_cache_does_not_store_racily_fresh_files(tree: Path, tmp_path: Path,
 
 
 def test_damaged_cache_is_ignored(tree: Path, tmp_path: Path):
-    cache_file = tmp_path / "cache.json"
+    cache_file = tmp_path / "cache.marshal"
     cache_file.write_text("{not json")
     out = expand_trusted_files([{"uri": f"file:{tree}/a.txt"}], cache=HashCache(cache_file))
     assert out[0]["sha256"] == sha(b"a")

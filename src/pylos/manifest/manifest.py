@@ -54,8 +54,8 @@ def fill_defaults(data: dict) -> None:
         entrypoint = _table(loader, "entrypoint")
         if entrypoint is not None:
             entrypoint.setdefault("uri", install.LIBOS_URI)
-            if entrypoint["uri"] == install.LIBOS_URI:
-                entrypoint.setdefault("sha256", install.libos_hash())
+            if entrypoint["uri"] == install.LIBOS_URI and "sha256" not in entrypoint:
+                entrypoint["sha256"] = install.libos_hash()
 
 
 def _normalise_trusted(entry: Any, index: int) -> dict:
