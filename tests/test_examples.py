@@ -29,7 +29,9 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def example(tmp_path: Path):
     def copy(name: str) -> Path:
         target = tmp_path / name
-        shutil.copytree(EXAMPLES / name, target)
+        # Only the sources, as a fresh clone has them, never locally built outputs.
+        shutil.copytree(EXAMPLES / name, target, ignore=shutil.ignore_patterns(
+            "*.manifest", "*.manifest.sgx", "*.sig", "OUTPUT*", "testdir", name))
         return target
 
     return copy

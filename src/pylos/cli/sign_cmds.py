@@ -13,7 +13,7 @@ from pylos.errors import PylosError
 from pylos.hashing import HashCache, write_atomic
 from pylos.manifest import Manifest
 from pylos.sgx import keys
-from pylos.sgx.layout import enclave_areas
+from pylos.sgx.layout import describe_layout
 from pylos.sgx.sign import libos_hash_of, parse_date, sign_manifest
 from pylos.sgx.sigstruct import Sigstruct
 
@@ -90,7 +90,7 @@ def sign_cmd(manifest_path: Path, output: Path | None, key_path: Path | None,
     click.echo(f"SGX remote attestation: {attestation}")
     if verbose:
         click.echo("Memory:")
-        for area in enclave_areas(signed.manifest_sgx, libos_hash_of(manifest),
+        for area in describe_layout(signed.manifest_sgx, libos_hash_of(manifest),
                                   manifest.enclave_size, manifest.max_threads, manifest.edmm):
             click.echo(f"    {area.describe()}")
     click.echo("Measurement:")

@@ -7,32 +7,36 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pylos.errors import PylosError
+from pylos.sgx.sigstruct import KEY_BITS, PUBLIC_EXPONENT
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-KEY_BITS = 3072
-PUBLIC_EXPONENT = 3
-
-
 def default_key_path() -> Path:
+    """Where `pylos gen-key` writes and `pylos sign` looks when no key is named."""
     config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(config) / "pylos" / "enclave-key.pem"
 
 
 def generate_signing_key() -> RSAPrivateKey:
+    """A fresh RSA-3072 key with e = 3, the only kind EINIT accepts."""
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     return rsa.generate_private_key(public_exponent=PUBLIC_EXPONENT, key_size=KEY_BITS)
 
 
 def write_signing_key(path: Path, key: RSAPrivateKey, force: bool = False) -> None:
-    """Write `key` as PEM with mode 0600, atomically; refuse to replace a key unless forced."""
+    """Write `key` as PEM (traditional RSA format, like Gramine) with mode 0600, atomically.
+
+    The temporary file is created 0600 in the target directory, fsynced and renamed over `path`,
+    so the key is never readable by others nor seen half-written; an existing key is replaced
+    only with `force`, since losing it changes MRSIGNER of everything it signed.
+    """
     from cryptography.hazmat.primitives import serialization
 
     from pylos.hashing import write_atomic
 
-    if path.exists() and not force:
+    if os.path.lexists(path) and not force:
         raise PylosError(f"signing key '{path}' already exists; use --force to overwrite it")
     pem = key.private_bytes(serialization.Encoding.PEM,
                             serialization.PrivateFormat.TraditionalOpenSSL,

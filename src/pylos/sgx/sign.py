@@ -141,4 +141,5 @@ def sign_manifest(
         isv_svn=manifest.sgx["isvsvn"],
         date=date,
     )
-    return SignedEnclave(manifest_sgx, sigstruct.sign(key))
+    sigstruct.sign(key)
+    return SignedEnclave(manifest_sgx, sigstruct)

@@ -4,7 +4,8 @@ Signed bytes = [0:128] ‖ [900:1028]; signature = RSASSA-PKCS1-v1.5/SHA-256 wit
 e = 3 key; RSA values are stored little-endian; Q1 = ⌊s²/n⌋, Q2 = ⌊(s² mod n)·s/n⌋ (what EINIT
 uses to check the signature without division); MRSIGNER = SHA-256 of the stored modulus.
 Verification needs no crypto library: with e = 3 it is one `pow()` and a comparison with the
-PKCS#1 v1.5 encoding of the hash, so `pylos run` can check a `.sig` without importing one.
+PKCS#1 v1.5 encoding of the hash, so `pylos run` can check a `.sig` without importing one; only
+`sign()` imports `cryptography`.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from __future__ import annotations
 import datetime
 import hashlib
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pylos.sgx.structs import Attributes
+from pylos.sgx.structs import Attributes, check_lengths
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 SIZE = 1808
-KEY_BYTES = 384
+KEY_BITS = 3072
+KEY_BYTES = KEY_BITS // 8
+PUBLIC_EXPONENT = 3
 HEADER = bytes.fromhex("06000000e10000000000010000000000")
 HEADER2 = bytes.fromhex("01010000600000006000000001000000")
 NO_ATTRIBUTES = Attributes(0, 0)
@@ -73,40 +76,47 @@ def date_to_bcd(date: datetime.date | None) -> int:
 
 
 def bcd_to_date(value: int) -> datetime.date | None:
+    """Inverse of `date_to_bcd`; ValueError for a value that is not a BCD calendar date."""
     if value == 0:
         return None
     text = f"{value:08x}"
     try:
         return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
     except ValueError:
-        raise ValueError(f"SIGSTRUCT: invalid BCD date 0x{value:08x}") from None
+        raise ValueError(f"SIGSTRUCT: DATE 0x{value:08x} is not a BCD date YYYYMMDD") from None
 
 
 @dataclass
 class Sigstruct:
-    enclave_hash: bytes = bytes(32)
-    attributes: Attributes = NO_ATTRIBUTES
-    attribute_mask: Attributes = DEFAULT_ATTRIBUTE_MASK
+    """Every field of the 1808-byte layout, in layout order; reserved bytes are always zero."""
+
+    header: bytes = HEADER
+    vendor: int = 0
+    date: datetime.date | None = None
+    header2: bytes = HEADER2
+    swdefined: int = 0
+    modulus: int = 0
+    exponent: int = PUBLIC_EXPONENT
+    signature: int = 0
     misc_select: int = 0
     misc_mask: int = 0xFFFFFFFF
-    isv_prod_id: int = 0
-    isv_svn: int = 0
-    date: datetime.date | None = None
-    vendor: int = 0
-    swdefined: int = 0
     cet_attributes: int = 0
     cet_attributes_mask: int = 0
     isv_family_id: bytes = bytes(16)
+    attributes: Attributes = NO_ATTRIBUTES
+    attribute_mask: Attributes = DEFAULT_ATTRIBUTE_MASK
+    enclave_hash: bytes = bytes(32)
     isv_ext_prod_id: bytes = bytes(16)
-    header: bytes = HEADER
-    header2: bytes = HEADER2
-    modulus: int = 0
-    exponent: int = 3
-    signature: int = 0
+    isv_prod_id: int = 0
+    isv_svn: int = 0
     q1: int = 0
     q2: int = 0
 
     def pack(self) -> bytes:
+        check_lengths("SIGSTRUCT", header=(self.header, 16), header2=(self.header2, 16),
+                      isv_family_id=(self.isv_family_id, 16),
+                      enclave_hash=(self.enclave_hash, 32),
+                      isv_ext_prod_id=(self.isv_ext_prod_id, 16))
         return _LAYOUT.pack(
             self.header, self.vendor, date_to_bcd(self.date), self.header2, self.swdefined,
             _le(self.modulus), self.exponent, _le(self.signature), self.misc_select,
@@ -117,24 +127,30 @@ class Sigstruct:
 
     @classmethod
     def unpack(cls, data: bytes) -> Sigstruct:
+        """Parse a SIGSTRUCT; ValueError says what makes `data` not one."""
         if len(data) != SIZE:
             raise ValueError(f"a SIGSTRUCT is {SIZE} bytes, got {len(data)}")
         (header, vendor, date, header2, swdefined, modulus, exponent, signature, misc_select,
          misc_mask, cet, cet_mask, family, attributes, attribute_mask, enclave_hash,
          ext_prod, prod, svn, q1, q2) = _LAYOUT.unpack(data)
-        if header != HEADER or header2 != HEADER2:
-            raise ValueError("not a SIGSTRUCT: the HEADER/HEADER2 constants do not match")
+        for name, found, expected in (("HEADER", header, HEADER), ("HEADER2", header2, HEADER2)):
+            if found != expected:
+                raise ValueError(f"not a SIGSTRUCT: {name} is {found.hex()}, "
+                                 f"expected {expected.hex()}")
         sigstruct = cls(
-            enclave_hash=enclave_hash, attributes=Attributes.unpack(attributes),
-            attribute_mask=Attributes.unpack(attribute_mask), misc_select=misc_select,
-            misc_mask=misc_mask, isv_prod_id=prod, isv_svn=svn, date=bcd_to_date(date),
-            vendor=vendor, swdefined=swdefined, cet_attributes=cet, cet_attributes_mask=cet_mask,
-            isv_family_id=family, isv_ext_prod_id=ext_prod, header=header, header2=header2,
-            modulus=_int_le(modulus), exponent=exponent, signature=_int_le(signature),
-            q1=_int_le(q1), q2=_int_le(q2),
+            header=header, vendor=vendor, date=bcd_to_date(date), header2=header2,
+            swdefined=swdefined, modulus=_int_le(modulus), exponent=exponent,
+            signature=_int_le(signature), misc_select=misc_select, misc_mask=misc_mask,
+            cet_attributes=cet, cet_attributes_mask=cet_mask, isv_family_id=family,
+            attributes=Attributes.unpack(attributes),
+            attribute_mask=Attributes.unpack(attribute_mask), enclave_hash=enclave_hash,
+            isv_ext_prod_id=ext_prod, isv_prod_id=prod, isv_svn=svn, q1=_int_le(q1),
+            q2=_int_le(q2),
         )
-        if sigstruct.pack() != data:
-            raise ValueError("SIGSTRUCT: reserved bytes are not zero")
+        repacked = sigstruct.pack()
+        if repacked != data:
+            first = next(i for i, (a, b) in enumerate(zip(repacked, data, strict=True)) if a != b)
+            raise ValueError(f"SIGSTRUCT: reserved byte at offset {first} is not zero")
         return sigstruct
 
     def signed_bytes(self) -> bytes:
@@ -144,29 +160,32 @@ class Sigstruct:
     def mr_signer(self) -> bytes:
         return hashlib.sha256(_le(self.modulus)).digest()
 
-    def sign(self, private_key: RSAPrivateKey) -> Sigstruct:
-        """A copy signed with `private_key` (RSA-3072, e = 3), with Q1/Q2 filled in."""
+    def sign(self, private_key: RSAPrivateKey) -> None:
+        """Sign in place with `private_key` (RSA-3072, e = 3): sets MODULUS, EXPONENT, SIGNATURE,
+        Q1 and Q2."""
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import padding
 
         numbers = private_key.public_key().public_numbers()
-        unsigned = replace(self, modulus=numbers.n, exponent=numbers.e)
-        signature = private_key.sign(unsigned.signed_bytes(), padding.PKCS1v15(),
-                                     hashes.SHA256())
-        s = int.from_bytes(signature, "big")
-        q1, q2 = rsa_q1_q2(s, numbers.n)
-        return replace(unsigned, signature=s, q1=q1, q2=q2)
+        if private_key.key_size != KEY_BITS or numbers.e != PUBLIC_EXPONENT:
+            raise ValueError(f"SGX signs with RSA-{KEY_BITS}, e={PUBLIC_EXPONENT}; got "
+                             f"RSA-{private_key.key_size}, e={numbers.e}")
+        self.modulus, self.exponent = numbers.n, numbers.e
+        signature = private_key.sign(self.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
+        self.signature = int.from_bytes(signature, "big")
+        self.q1, self.q2 = rsa_q1_q2(self.signature, self.modulus)
 
     def verify(self) -> bool:
         """True if the signature over the signed bytes is valid and Q1/Q2 match it."""
         n, s = self.modulus, self.signature
-        if self.exponent != 3 or n.bit_length() != KEY_BYTES * 8 or not 0 < s < n:
+        if self.exponent != PUBLIC_EXPONENT or n.bit_length() != KEY_BITS or not 0 < s < n:
             return False
         expected = pkcs1_v15_sha256(hashlib.sha256(self.signed_bytes()).digest())
-        return pow(s, 3, n) == expected and rsa_q1_q2(s, n) == (self.q1, self.q2)
+        return pow(s, PUBLIC_EXPONENT, n) == expected and rsa_q1_q2(s, n) == (self.q1, self.q2)
 
 
 def rsa_q1_q2(signature: int, modulus: int) -> tuple[int, int]:
+    """Q1 = ⌊s²/n⌋ and Q2 = ⌊(s² mod n)·s/n⌋."""
     q1, remainder = divmod(signature * signature, modulus)
     return q1, remainder * signature // modulus
 

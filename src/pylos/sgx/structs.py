@@ -1,13 +1,16 @@
 """SGX architectural constants and the small structures that pack and unpack themselves.
 
 Bit values follow the Intel SGX SDK (`sgx_attributes.h`, `sgx_report.h`); layouts are
-little-endian and packed (`sgx-formats.md` §1-§2).
+little-endian and packed (`sgx-formats.md` §1-§2). Byte fields are length-checked when a
+structure is built, because `struct` would silently pad or truncate them and produce a report
+that hashes differently from what the caller meant.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import ClassVar
 
 # ATTRIBUTES.FLAGS
 FLAG_INIT = 0x1
@@ -38,6 +41,13 @@ SECINFO_PT_REG = 0x200
 PAGE_SIZE = 4096
 
 
+def check_lengths(what: str, **fields: tuple[bytes, int]) -> None:
+    """ValueError naming the first byte field whose length is not the one the layout fixes."""
+    for name, (value, size) in fields.items():
+        if len(value) != size:
+            raise ValueError(f"{what}: {name} must be {size} bytes, got {len(value)}")
+
+
 @dataclass(frozen=True)
 class Attributes:
     """ATTRIBUTES (16 B): FLAGS u64 ‖ XFRM u64."""
@@ -45,13 +55,15 @@ class Attributes:
     flags: int
     xfrm: int
 
-    FORMAT = struct.Struct("<QQ")
+    FORMAT: ClassVar[struct.Struct] = struct.Struct("<QQ")
 
     def pack(self) -> bytes:
         return self.FORMAT.pack(self.flags, self.xfrm)
 
     @classmethod
     def unpack(cls, data: bytes) -> Attributes:
+        if len(data) != cls.FORMAT.size:
+            raise ValueError(f"ATTRIBUTES must be {cls.FORMAT.size} bytes, got {len(data)}")
         return cls(*cls.FORMAT.unpack(data))
 
     @property
@@ -76,8 +88,19 @@ class ReportBody:
     isv_family_id: bytes = bytes(16)
     report_data: bytes = bytes(64)
 
-    FORMAT = struct.Struct("<16sI12x16s16s32s32x32s32x64sHHH42x16s64s")
-    SIZE = 384
+    # Offsets 0, 16, (20 reserved), 32, 48, 64, (96), 128, (160), 192, 256, 258, 260, (262),
+    # 304, 320 — `sgx-formats.md` §2.
+    FORMAT: ClassVar[struct.Struct] = struct.Struct("<16sI12x16s16s32s32x32s32x64sHHH42x16s64s")
+    SIZE: ClassVar[int] = 384
+
+    def __post_init__(self) -> None:
+        check_lengths(
+            "report body",
+            cpu_svn=(self.cpu_svn, 16), isv_ext_prod_id=(self.isv_ext_prod_id, 16),
+            mr_enclave=(self.mr_enclave, 32), mr_signer=(self.mr_signer, 32),
+            config_id=(self.config_id, 64), isv_family_id=(self.isv_family_id, 16),
+            report_data=(self.report_data, 64),
+        )
 
     def pack(self) -> bytes:
         return self.FORMAT.pack(
