@@ -116,12 +116,67 @@ def view_plan(config: EnclaveConfig) -> ViewPlan:
                 break
     entries.sort(key=lambda item: item[0].count("/") if item[0] != "/" else 0)
     search = [d for d in config.env.get("LD_LIBRARY_PATH", "").split(":") if d]
+    synthesized = {}
+    if config.extra_runtime_domain_names_conf:
+        synthesized["/etc/resolv.conf"] = host_resolv_conf()
     return ViewPlan(
         root_host=config.root.host if config.root.type == "chroot" else None,
         root_writable=writable(config.root.host),
         binds=[entry for _, entry in entries],
         loader_search=[*search, "/lib", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"],
+        synthesized=synthesized,
     )
+
+
+RESOLV_OPTIONS = ("edns0", "inet6", "rotate", "use-vc")
+
+
+def host_resolv_conf(path: str = "/etc/resolv.conf") -> bytes:
+    """Gramine's sanitized resolv.conf: nameserver, search and a few known options only."""
+    kept: list[str] = []
+    try:
+        lines = open(path).read().splitlines()  # noqa: SIM115
+    except OSError:
+        lines = []
+    for line in lines:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "nameserver" and len(words) >= 2:
+            kept.append(f"nameserver {words[1]}")
+        elif words[0] == "search" and len(words) >= 2:
+            kept.append("search " + " ".join(words[1:]))
+        elif words[0] == "options":
+            options = [o for o in words[1:] if o in RESOLV_OPTIONS]
+            if options:
+                kept.append("options " + " ".join(options))
+    return ("\n".join(kept) + "\n").encode() if kept else b""
+
+
+UNHONOURED = (
+    (("sys", "brk", "max_size"), "pylos cannot limit brk alone; sgx.enclave_size limits all "
+     "memory"),
+    (("sys", "allowed_ioctls"), "ioctls go straight to the kernel under pylos"),
+    (("sys", "ioctl_structs"), "ioctls go straight to the kernel under pylos"),
+    (("sgx", "insecure__rpc_thread_num"), "pylos has no exitless RPC threads"),
+    (("sgx", "preheat_enclave"), "there is no EPC to pre-fault"),
+    (("sgx", "enable_stats"), "there are no SGX transitions to count"),
+    (("sgx", "profile"), "the SGX profiler is not available"),
+    (("sgx", "vtune_profile"), "VTune integration is not available"),
+)
+
+
+def unhonoured_keys(data: dict) -> list[str]:
+    """One warning for each manifest key set to something pylos cannot honour."""
+    warnings = []
+    for keys, why in UNHONOURED:
+        value = data
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value not in (None, False, 0, "none", {}) and not (
+                keys[-1] == "profile" and value.get("enable", "none") == "none"):
+            warnings.append(f"{'.'.join(keys)} is not honoured: {why}")
+    return warnings
 
 
 def _set_pdeathsig() -> None:
@@ -216,7 +271,10 @@ def run(app: str, host_args: list[str]) -> int:
     for message in config.messages:
         level, _, text = message.partition(": ")
         log(level, text)
-    log("debug", f"enclave memory limit (sgx.enclave_size): {config.enclave_size} bytes")
+    for warning in unhonoured_keys(loaded.manifest.data):
+        log("warning", warning)
+    log("warning", f"enclave memory limit (sgx.enclave_size): {config.enclave_size} bytes, "
+        "enforced as each process's address-space limit")
 
     program_filter, handlers = filter_for(config)
     plan = view_plan(config)
@@ -224,11 +282,12 @@ def run(app: str, host_args: list[str]) -> int:
     # An empty host directory to mount the view's tmpfs on (tempfile costs 4 ms to import).
     newroot = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pylos-root-{os.urandom(8).hex()}")
     os.mkdir(newroot, 0o700)
-    os.umask(0)  # the program's umask is applied to the files it creates, not ours
+    program_umask = os.umask(0)  # ours is 0: emulated creates apply the program's own umask
     creator = os.fork()
     if creator == 0:
         supervisor_end.close()
         code = 1
+        os.umask(program_umask)
         try:
             code = _namespace_creator(config, plan, newroot, program_filter, child_end)
         except BaseException as exc:

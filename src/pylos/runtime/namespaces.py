@@ -87,6 +87,7 @@ class ViewPlan:
     root_writable: bool
     binds: list[Bind | str] = field(default_factory=list)  # a str entry is a tmpfs path
     loader_search: list[str] = field(default_factory=list)
+    synthesized: dict[str, bytes] = field(default_factory=dict)  # path -> content (read-only)
 
 
 @dataclass
@@ -189,6 +190,28 @@ class ViewBuilder:
             elif os.path.isdir(host) or os.path.isfile(host):
                 self.bind(host, inner, writable)
 
+    def synthesize(self, files: dict[str, bytes]) -> None:
+        """Read-only files with the given contents, over whatever the mounts put there.
+
+        They are written to a staging tmpfs (a memfd cannot be bind-mounted) that is detached
+        once bound: the binds keep it alive and no path names it.
+        """
+        if not files:
+            return
+        staging = self.real("/.pylos-staging")
+        os.mkdir(staging)
+        mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        for index, (path, content) in enumerate(files.items()):
+            source = f"{staging}/{index}"
+            with open(source, "wb") as f:
+                f.write(content)
+            self.ensure(path, False)
+            mount(source, self.real(path), None, MS_BIND)
+            self.remount_readonly(self.real(path))
+            self.result.private_mount_ids.append(_mount_id_of(self.real(path)))
+        _check(_libc.umount2(staging.encode(), MNT_DETACH), "umount staging")
+        os.rmdir(staging)
+
     def finish(self, loader_search: list[str]) -> None:
         self._make_dev()
         self.ensure("/proc", True)
@@ -258,6 +281,7 @@ def build_view(plan: ViewPlan, newroot: str, start_dir: str) -> ViewResult:
         else:
             builder.bind(entry.host, entry.path, entry.writable)
     # Skeletons end read-only: new files go to tmpfs mounts or allowed directories.
+    builder.synthesize(plan.synthesized)
     builder.finish(plan.loader_search)
     os.chdir(newroot)
     _check(_libc.syscall(SYSCALLS["pivot_root"], b".", b"."), "pivot_root")
