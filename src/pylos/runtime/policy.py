@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pylos.hashing import FileKey, HashCache
+from pylos.runtime.target import mount_id
 
 SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
@@ -84,9 +85,10 @@ class TrustedFiles:
                 self._by_inode.setdefault((host.st_dev, host.st_ino), (path, digest))
         return self._by_inode.get((st.st_dev, st.st_ino))
 
-    def verified_copy(self, fd: int, host_path: str, expected: str) -> Verified:
+    def verified_copy(self, fd: int, host_path: str, expected: str,
+                      st: os.stat_result | None = None) -> Verified:
         """A sealed memfd with the file's bytes, after checking them against `expected`."""
-        key = FileKey.from_stat(os.fstat(fd))
+        key = FileKey.from_stat(st or os.fstat(fd))
         cached = self._copies.get(key)
         if cached is not None:
             return cached
@@ -132,8 +134,7 @@ class FilePolicy:
         self.allow_all_but_log = allow_all_but_log
         self._log = log
 
-    def admit(self, fd: int, st: os.stat_result, mnt_id: int, name: str, flags: int,
-              view_path: str | None = None) -> int:
+    def admit(self, fd: int, st: os.stat_result, name: str, flags: int) -> int:
         """Decide on an opened fd: return the fd to give the program (maybe a verified copy).
 
         Raises PolicyError when the open must fail. `fd` stays owned by the caller.
@@ -141,13 +142,15 @@ class FilePolicy:
         mode = st.st_mode
         if not stat.S_ISREG(mode):
             return fd  # directories, the view's device nodes, fifos, sockets
-        entry = self.trusted.lookup(st, view_path)
+        # Where the kernel actually opened it, as a canonical path in the view.
+        entry = self.trusted.lookup(st, os.readlink(f"/proc/self/fd/{fd}"))
         if entry is not None:
             host_path, expected = entry
             if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
                 raise PolicyError(errno.EACCES, f"Disallowing write/append to a trusted file "
                                   f"'{name}'")
-            return self.trusted.verified_copy(fd, host_path, expected).memfd
+            return self.trusted.verified_copy(fd, host_path, expected, st).memfd
+        mnt_id = mount_id(fd)
         if mnt_id in self.writable_mounts or mnt_id in self.private_mounts:
             return fd
         if self.allow_all_but_log:

@@ -58,27 +58,39 @@ def mount_id(fd: int) -> int:
     return buf.mnt_id
 
 
-def read_c_string(pid: int, address: int, limit: int = PATH_MAX) -> bytes:
-    """A NUL-terminated string from `pid`'s memory, read page by page (EFAULT past a page end)."""
-    if address == 0:
-        raise OSError(errno.EFAULT, "NULL pointer")
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+def read_path(tid: int, address: int) -> bytes:
+    """A path argument from thread `tid`'s memory.
+
+    `/proc/<tid>/mem` is opened for each read, never cached: a cached descriptor stays bound to
+    the address space it was opened on, and a vfork child's is its parent's, which lives on
+    after the child execs or exits and its TID is reused — a cached read would then return
+    another process's bytes.
+    """
+    fd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        data = b""
-        while len(data) < limit:
-            chunk_len = min(PAGE - (address + len(data)) % PAGE, limit - len(data))
-            try:
-                chunk = os.pread(fd, chunk_len, address + len(data))
-            except OSError as exc:
-                raise OSError(errno.EFAULT, "bad address") from exc
-            if not chunk:
-                raise OSError(errno.EFAULT, "bad address")
-            end = chunk.find(b"\0")
-            if end >= 0:
-                return data + chunk[:end]
-            data += chunk
+        return read_c_string(fd, address)
     finally:
         os.close(fd)
+
+
+def read_c_string(fd: int, address: int, limit: int = PATH_MAX) -> bytes:
+    """A NUL-terminated string from the memory behind `fd` (a `/proc/<tid>/mem`), read page
+    by page (a read crossing into an unmapped page fails)."""
+    if address == 0:
+        raise OSError(errno.EFAULT, "NULL pointer")
+    data = b""
+    while len(data) < limit:
+        chunk_len = min(PAGE - (address + len(data)) % PAGE, limit - len(data))
+        try:
+            chunk = os.pread(fd, chunk_len, address + len(data))
+        except OSError as exc:
+            raise OSError(errno.EFAULT, "bad address") from exc
+        if not chunk:
+            raise OSError(errno.EFAULT, "bad address")
+        end = chunk.find(b"\0")
+        if end >= 0:
+            return data + chunk[:end]
+        data += chunk
     raise OSError(errno.ENAMETOOLONG, "path too long")
 
 

@@ -17,10 +17,9 @@ from pylos.runtime.target import (
     RESOLVE_BENEATH,
     RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
-    mount_id,
     namespace_pid,
     openat2,
-    read_c_string,
+    read_path,
 )
 
 if TYPE_CHECKING:
@@ -116,7 +115,7 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
                  mode: int, resolve: int = 0) -> None:
     pid = n.pid
     try:
-        path = read_c_string(pid, path_ptr)
+        path = read_path(pid, path_ptr)
     except OSError as exc:
         if sup.listener.id_valid(n.id):
             sup.listener.reply(n.id, error=exc.errno or errno.EFAULT)
@@ -142,8 +141,7 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
         else:
             fd = _open_in_view(sup, pid, dirfd, path, flags & ~os.O_CLOEXEC, mode, resolve)
         st = os.fstat(fd)
-        served = fd if within_rights else sup.policy.admit(
-            fd, st, mount_id(fd), name, flags, os.readlink(f"/proc/self/fd/{fd}"))
+        served = fd if within_rights else sup.policy.admit(fd, st, name, flags)
         if served != fd:
             # A verified copy: a fresh open file description each time (own offset).
             os.close(fd)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pylos.runtime.policy import PolicyError
 from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view
-from pylos.runtime.target import read_c_string, thread_group
+from pylos.runtime.target import read_path, thread_group
 
 if TYPE_CHECKING:
     from pylos.runtime.seccomp import Notification
@@ -61,7 +61,7 @@ def verify_executable(sup: Supervisor, pid: int, fd: int, name: str, depth: int 
                               "allowed.")
         sup.log("warning", f"Allowing access to unknown file '{name}' due to file_check_policy.")
     else:
-        sup.policy.trusted.verified_copy(fd, *entry)
+        sup.policy.trusted.verified_copy(fd, *entry, st)
     interpreter = _interpreter_of(fd)
     if interpreter is None:
         return
@@ -76,7 +76,7 @@ def verify_executable(sup: Supervisor, pid: int, fd: int, name: str, depth: int 
 
 def _verify_exec(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, flags: int) -> None:
     try:
-        path = read_c_string(n.pid, path_ptr) if path_ptr else b""
+        path = read_path(n.pid, path_ptr) if path_ptr else b""
     except OSError as exc:
         if sup.listener.id_valid(n.id):
             sup.listener.reply(n.id, error=exc.errno or errno.EFAULT)
