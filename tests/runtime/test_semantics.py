@@ -74,47 +74,40 @@ def test_resolv_conf_synthesized(make_enclave):
         assert line.split()[0] in ("nameserver", "search", "options")
 
 
-def _start(enclave, script: str) -> subprocess.Popen:
-    return subprocess.Popen([PYLOS, "run", "app", "-c", script], cwd=enclave.root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(path, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
+def _signal_trapping_program(enclave, sig: signal.Signals, handler: str
+                             ) -> subprocess.CompletedProcess:
+    """Start a shell that traps `sig` with `handler`, wait until it runs, send `sig` to
+    `pylos run` and collect the outcome."""
+    name = sig.name.removeprefix("SIG")
+    script = f"trap '{handler}' {name}; : > /data/ready; while :; do sleep 0.05; done"
+    process = subprocess.Popen([PYLOS, "run", "app", "-c", script], cwd=enclave.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ready = enclave.root / "data" / "ready"
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert time.monotonic() < deadline, "the program never started"
         time.sleep(0.02)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=30)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def test_sigint_is_forwarded_to_the_program(make_enclave):
-    enclave = make_enclave("/bin/sh")
-    process = _start(enclave, "trap 'echo got INT; exit 3' INT; : > /data/ready; "
-                              "while :; do sleep 0.05; done")
-    _wait_for(enclave.root / "data" / "ready")
-    process.send_signal(signal.SIGINT)
-    out, _ = process.communicate(timeout=30)
-    assert "got INT" in out and process.returncode == 3
+    result = _signal_trapping_program(make_enclave("/bin/sh"), signal.SIGINT,
+                                      "echo got INT; exit 3")
+    assert "got INT" in result.stdout and result.returncode == 3
 
 
 def test_sigterm_injected_once_when_enabled(make_enclave):
     enclave = make_enclave("/bin/sh", extra="sys.enable_sigterm_injection = true\n")
-    process = _start(enclave, "trap 'echo got TERM; exit 4' TERM; : > /data/ready; "
-                              "while :; do sleep 0.05; done")
-    _wait_for(enclave.root / "data" / "ready")
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=30)
-    assert "got TERM" in out and process.returncode == 4
+    result = _signal_trapping_program(enclave, signal.SIGTERM, "echo got TERM; exit 4")
+    assert "got TERM" in result.stdout and result.returncode == 4
 
 
 def test_sigterm_ends_the_enclave_without_injection(make_enclave):
-    enclave = make_enclave("/bin/sh")
-    process = _start(enclave, "trap 'echo got TERM' TERM; : > /data/ready; "
-                              "while :; do sleep 0.05; done")
-    _wait_for(enclave.root / "data" / "ready")
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=30)
-    assert "got TERM" not in out
-    assert process.returncode == 128 + signal.SIGKILL
+    result = _signal_trapping_program(make_enclave("/bin/sh"), signal.SIGTERM, "echo got TERM")
+    assert "got TERM" not in result.stdout
+    assert result.returncode == 128 + signal.SIGKILL
 
 
 def test_program_cannot_see_or_signal_the_supervisor(make_enclave):
