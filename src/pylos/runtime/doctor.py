@@ -39,23 +39,10 @@ def _seccomp_listener_flags() -> bool:
     return result < 0 and ctypes.get_errno() == errno.EFAULT
 
 
-def _in_child(action: Callable[[], None]) -> bool:
-    """Run `action` in a forked child (namespaces must not change this process)."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            action()
-            os._exit(0)
-        except BaseException:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-
-
 def _namespaces() -> bool:
-    from pylos.runtime.namespaces import enter_user_namespace
+    from pylos.runtime.namespaces import namespaces_available
 
-    return _in_child(lambda: enter_user_namespace(0, 0))
+    return not namespaces_available()
 
 
 def _openat2() -> bool:
@@ -78,7 +65,7 @@ FEATURES = (
             "seccomp() system call"),
     Feature(0x2, "seccomp ADDFD with SEND (atomic fd injection)",
             lambda: _kernel_at_least(5, 14), "needs Linux >= 5.14"),
-    Feature(0x4, "user, mount and PID namespaces", _namespaces,
+    Feature(0x4, "user, mount, PID and UTS namespaces, and a view built in them", _namespaces,
             "enable unprivileged user namespaces: sysctl kernel.unprivileged_userns_clone=1; on "
             "Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0; in containers allow "
             "unshare/clone of namespaces"),

@@ -2,15 +2,18 @@
 
 Processes (host view):
 
-    supervisor (this process, outside every namespace; serves the listener)
-      └─ namespace creator: unshare(user, mount, PID), then waits and relays the exit status
-           └─ init (PID 1 of the enclave): builds the view, pivots into it, reaps orphans
+    supervisor (this process; serves the listener; joins the enclave's user namespace only)
+      └─ namespace creator: own process group; unshare(user, mount, PID, UTS), waits, relays
+         the exit status
+           └─ init (PID 1 of the enclave, non-dumpable): builds the view, pivots into it,
+              reaps orphans
                 └─ the program: rlimits, own process group, seccomp filter, execve
 
-The listener fd and the view's mount IDs travel to the supervisor over a socketpair. When the
-program (the PID namespace's init's only real child) exits, init exits and the kernel kills
-whatever is left in the namespace. Every process has PDEATHSIG=SIGKILL on its parent, so the
-supervisor's death takes the whole enclave down.
+The view's root (an fd), its mount IDs and the listener fd travel to the supervisor over a
+socketpair. When the program (the PID namespace's init's only real child) exits, init exits
+and the kernel kills whatever is left in the namespace. Every process has PDEATHSIG=SIGKILL on
+its parent, so the supervisor's death takes the whole enclave down. Nothing inside can name the
+supervisor: it is outside the PID namespace and its process group.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from pylos.runtime.syscalls import files, processes
 from pylos.runtime.syscalls.table import SYSCALLS
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+CLONE_NEWUSER = 0x10000000
 ADDR_NO_RANDOMIZE = 0x0040000
 CLONE_NAMESPACE_FLAGS = 0x7E020000 | 0x00000080  # CLONE_NEW{NS,CGROUP,UTS,IPC,USER,PID,NET,TIME}
 
@@ -49,6 +54,9 @@ DENIED = (
     "lookup_dcookie", "quotactl", "quotactl_fd",
 )
 NOT_IMPLEMENTED = ("io_uring_setup", "io_uring_enter", "io_uring_register", "clone3")
+# ioctls that push input into a terminal: a program sharing the user's terminal could type
+# commands into the shell that started `pylos run` (TIOCSTI; TIOCLINUX's selection paste).
+TERMINAL_INJECTION = (0x5412, 0x541C)  # TIOCSTI, TIOCLINUX
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -86,7 +94,13 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
     rule = seccomp.ArgRule(clone, 0, ((CLONE_NAMESPACE_FLAGS, seccomp.errno_action(errno.EPERM)),
                                       (processes.CLONE_THREAD, thread_action)), process_action)
     actions.pop(clone, None)
-    return seccomp.build_filter(actions, [rule]), handlers
+    rules = [rule]
+    if SYSCALLS["ioctl"] not in actions:  # a mocked ioctl never reaches the terminal
+        rules.append(seccomp.ArgRule(
+            SYSCALLS["ioctl"], 1,
+            tuple((request, seccomp.errno_action(errno.EPERM)) for request in TERMINAL_INJECTION),
+            seccomp.RET_ALLOW, equals=True))
+    return seccomp.build_filter(actions, rules), handlers
 
 
 def view_plan(config: EnclaveConfig) -> ViewPlan:
@@ -186,6 +200,9 @@ def _set_pdeathsig() -> None:
 def _program(config: EnclaveConfig, program_filter: bytes, channel: socket.socket) -> None:
     """The program's process, just before exec (never returns)."""
     _set_pdeathsig()
+    # Forked from the non-dumpable init: the confined supervisor must read this process's
+    # memory (its execve's path) before the exec gives it a fresh, dumpable image.
+    _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     os.setpgid(0, 0)
     if os.isatty(0):
         previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
@@ -208,11 +225,21 @@ def _program(config: EnclaveConfig, program_filter: bytes, channel: socket.socke
 
 def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: bytes,
           channel: socket.socket) -> int:
-    """PID 1 of the enclave: build the view, start the program, reap, exit with its status."""
+    """PID 1 of the enclave: build the view, start the program, reap, exit with its status.
+
+    Init is the one process of the enclave outside the seccomp filter, so nothing in the
+    enclave may reach into it: non-dumpable, its /proc/1/mem, environ (the host's environment)
+    and fds need CAP_SYS_PTRACE in the host's user namespace, which neither the program nor
+    the confined supervisor has; signals from inside reach it only where it has handlers.
+    """
     _set_pdeathsig()
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     result = build_view(plan, newroot, config.start_dir)
-    channel.send(marshal.dumps({"writable": result.writable_mount_ids,
-                             "private": result.private_mount_ids}))
+    # The view's root travels as an fd: the supervisor never derives it from a TID (reusable).
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    socket.send_fds(channel, [marshal.dumps({"writable": result.writable_mount_ids,
+                                             "private": result.private_mount_ids})], [root])
+    os.close(root)
     program = os.fork()
     if program == 0:
         try:
@@ -234,6 +261,8 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: b
 def _namespace_creator(config: EnclaveConfig, plan: ViewPlan, newroot: str,
                        program_filter: bytes, channel: socket.socket) -> int:
     _set_pdeathsig()
+    # Out of the supervisor's process group: kill(0, sig) from init's group must not reach it.
+    os.setpgid(0, 0)
     for sig in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     enter_user_namespace(config.uid, config.gid)
@@ -325,8 +354,11 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)
+    # The program may own the terminal (foreground group) and set TOSTOP on it: our log lines
+    # would then stop us (SIGTTOU), or fail with EIO in an orphaned group. Ignored, they print.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
 
-    message = channel.recv(65536)
+    message, root_fds, _, _ = socket.recv_fds(channel, 65536, 1)
     view = marshal.loads(message) if message else {"error": "the enclave did not start"}
     if "error" in view:
         os.waitpid(creator, 0)
@@ -336,12 +368,13 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
     if not fds:
         _, status = os.waitpid(creator, 0)
         return _exit_code(status)
+    _join_user_namespace(creator)
     listener = seccomp.Listener(fds[0])
     listener.enable_sync_wake_up()
     policy = FilePolicy(TrustedFiles(config.trusted, HashCache.default(), log,
                                      config.host_path_of),
                         set(view["writable"]), set(view["private"]), config.allow_all_but_log, log)
-    supervisor = Supervisor(listener, config, policy, log, handlers)
+    supervisor = Supervisor(listener, config, policy, log, handlers, root_fds[0])
     try:
         supervisor.run()
     finally:
@@ -351,6 +384,26 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
     if os.isatty(0):
         _restore_foreground()
     return _exit_code(status)
+
+
+def _join_user_namespace(pid: int) -> None:
+    """Give up the supervisor's host privileges before serving the program: join the
+    enclave's user namespace (that of `pid`, the namespace creator).
+
+    The supervisor opens files *for* the program; with host capabilities (pylos run as root)
+    it would open what the program itself may not: files of other host users (DAC override),
+    /proc/<init>/mem, /proc/kcore. Inside the enclave's user namespace its credentials are
+    the program's, so an emulated open succeeds exactly when a native one would. Joining
+    needs a single-threaded process: this runs before any helper thread exists.
+    """
+    fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWUSER) != 0:
+            err = ctypes.get_errno()
+            raise PylosError("the supervisor cannot drop its host privileges (joining the "
+                             f"enclave's user namespace: {os.strerror(err)})")
+    finally:
+        os.close(fd)
 
 
 def _exit_code(status: int) -> int:

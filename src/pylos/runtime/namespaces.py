@@ -22,6 +22,7 @@ from pylos.errors import PylosError
 from pylos.runtime.syscalls.table import SYSCALLS
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 
@@ -36,6 +37,8 @@ MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+# Entries of /proc that write to the host kernel (bind-mounted read-only over themselves).
+KERNEL_KNOBS = ("sys", "sysrq-trigger", "irq", "bus")
 LOADER = "/lib64/ld-linux-x86-64.so.2"
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -61,9 +64,14 @@ def unshare(flags: int) -> None:
 
 
 def enter_user_namespace(inside_uid: int, inside_gid: int) -> None:
-    """New user + mount + PID namespaces; the invoking user appears as (inside_uid, inside_gid)."""
+    """New user, mount, PID and UTS namespaces; the invoking user appears as (inside_uid,
+    inside_gid).
+
+    UTS: the enclave's root may call sethostname; without its own UTS namespace that would
+    rename the host (the hostname belongs to the UTS namespace, not to /proc/sys).
+    """
     uid, gid = os.geteuid(), os.getegid()
-    unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID)
+    unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS)
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")
     with open("/proc/self/uid_map", "w") as f:
@@ -218,9 +226,26 @@ class ViewBuilder:
         self.host_binds.pop("/proc", None)
         mount("proc", self.real("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         self.result.private_mount_ids.append(_mount_id_of(self.real("/proc")))
+        self._protect_kernel_knobs()
         self._make_loader_resolvable(loader_search)
         for skeleton in [*self.skeletons, self.newroot]:
             mount(None, skeleton, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+    def _protect_kernel_knobs(self) -> None:
+        """Make the host-wide parts of the new /proc read-only, as bubblewrap does.
+
+        Most of /proc/sys is global, not per namespace, and its permission check compares the
+        caller's uid with the *host's* root uid: when pylos runs as root, the enclave's uid 0
+        is the host's uid 0 and could write `kernel.core_pattern` (a pipe there runs a command
+        as host root), `net.*` of the shared network namespace, sysrq... Reads still work.
+        """
+        for name in KERNEL_KNOBS:
+            real = self.real(f"/proc/{name}")
+            if not os.path.exists(real):
+                continue
+            mount(real, real, None, MS_BIND | MS_REC)
+            self.remount_readonly(real)
+            self.result.private_mount_ids.append(_mount_id_of(real))
 
     def _make_dev(self) -> None:
         self.ensure("/dev", True)
@@ -292,3 +317,67 @@ def build_view(plan: ViewPlan, newroot: str, start_dir: str) -> ViewResult:
     except OSError as exc:
         raise PylosError(f"fs.start_dir '{start_dir}': {exc.strerror}") from None
     return builder.result
+
+
+def namespaces_available() -> list[str]:
+    """Why no enclave view can be built here, as sentences with the fix; empty when it can.
+
+    Tries what `pylos run` does, in throw-away processes (the caller's namespaces never
+    change): the user, mount, PID and UTS namespaces with their uid/gid maps, then, as the
+    new PID namespace's init, a minimal view: tmpfs root, /dev binds, a fresh /proc with its
+    kernel knobs read-only, pivot_root. Containers often allow the first and refuse the
+    second (a /proc with masked entries cannot be mounted again).
+    """
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(reader)
+        try:
+            _probe_view(writer)
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as problems:
+        report = problems.read().decode()
+    os.waitpid(child, 0)
+    return [line for line in report.split("\n") if line]
+
+
+def _probe_view(report: int) -> None:
+    try:
+        enter_user_namespace(0, 0)
+    except OSError as exc:
+        os.write(report, f"cannot create user, mount, PID and UTS namespaces: {exc.strerror}"
+                 f"{_user_namespace_hint()}\n".encode())
+        return
+    init = os.fork()
+    if init == 0:
+        try:
+            build_view(ViewPlan(root_host=None, root_writable=False),
+                       os.environ.get("TMPDIR", "/tmp"), "/")
+        except (OSError, PylosError) as exc:
+            os.write(report, f"cannot build a view in the new namespaces: {exc}\n".encode())
+        finally:
+            os._exit(0)
+    os.waitpid(init, 0)
+
+
+def _user_namespace_hint() -> str:
+    """The host settings that forbid user namespaces, if one of them is why."""
+    settings = (("/proc/sys/user/max_user_namespaces", "0", "sysctl user.max_user_namespaces="
+                 "15000"),
+                ("/proc/sys/kernel/unprivileged_userns_clone", "0",
+                 "sysctl kernel.unprivileged_userns_clone=1"),
+                ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1",
+                 "sysctl kernel.apparmor_restrict_unprivileged_userns=0"))
+    fixes = []
+    for path, blocking, fix in settings:
+        try:
+            with open(path) as setting:
+                if setting.read().strip() == blocking:
+                    fixes.append(fix)
+        except OSError:
+            continue
+    if fixes:
+        return f" (fix: {'; '.join(fixes)})"
+    return " (in a container: allow unshare/clone of namespaces, e.g. in its seccomp profile)"

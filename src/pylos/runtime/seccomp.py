@@ -60,13 +60,15 @@ def off_arg(index: int) -> int:
 
 @dataclass(frozen=True)
 class ArgRule:
-    """For syscall `nr`: the action of the first (mask, action) whose bits are set in
-    `args[arg]`, else `otherwise`."""
+    """For syscall `nr`: the action of the first (value, action) that matches the low 32 bits
+    of `args[arg]`, else `otherwise`. A value matches when any of its bits is set in the
+    argument (flags: clone), or, with `equals`, when it is the argument (requests: ioctl)."""
 
     nr: int
     arg: int
     checks: tuple[tuple[int, int], ...]
     otherwise: int
+    equals: bool = False
 
 
 def errno_action(err: int) -> int:
@@ -92,8 +94,9 @@ def build_filter(actions: dict[int, int], arg_rules: Iterable[ArgRule] = ()) -> 
     ]
     for rule in arg_rules:
         block = [(LD_W_ABS, 0, 0, off_arg(rule.arg))]
-        for mask, action in rule.checks:
-            block += [(JSET_K, 0, 1, mask), (RET_K, 0, 0, action)]
+        test = JEQ_K if rule.equals else JSET_K
+        for value, action in rule.checks:
+            block += [(test, 0, 1, value), (RET_K, 0, 0, action)]
         block.append((RET_K, 0, 0, rule.otherwise))
         # Another number skips the block with the accumulator still holding the number.
         prog += [(JEQ_K, 0, len(block), rule.nr), *block]

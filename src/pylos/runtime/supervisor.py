@@ -7,7 +7,6 @@ for the open family, `syscalls/processes.py` for exec and clone). The loop knows
 from __future__ import annotations
 
 import errno
-import os
 import select
 import sys
 from collections.abc import Callable
@@ -42,13 +41,13 @@ class Log:
 
 class Supervisor:
     def __init__(self, listener: Listener, config: EnclaveConfig, policy: FilePolicy, log: Log,
-                 handlers: dict[int, Handler]) -> None:
+                 handlers: dict[int, Handler], root_fd: int) -> None:
         self.listener = listener
         self.config = config
         self.policy = policy
         self.log = log
         self.handlers = handlers
-        self.root_fd: int | None = None
+        self.root_fd = root_fd  # O_PATH: the view's root, from init after pivot_root
         self.main_pid: int | None = None  # host pid of the program's first process
         self.threads: dict[int, tuple[int, int]] = {}  # tgid -> (tasks seen, clones pending)
         self.warned: set[str] = set()
@@ -57,12 +56,6 @@ class Supervisor:
         if key not in self.warned:
             self.warned.add(key)
             self.log(level, message)
-
-    def root(self, pid: int) -> int:
-        """An O_PATH fd on the enclave's root, taken from the first process that asks."""
-        if self.root_fd is None:
-            self.root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        return self.root_fd
 
     def run(self) -> None:
         """Serve notifications until no process of the enclave is left."""

@@ -7,9 +7,14 @@ rewriting the path cannot change what was checked (no check-then-CONTINUE).
 from __future__ import annotations
 
 import errno
+import fcntl
+import functools
 import os
 import re
+import stat
 import struct
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pylos.runtime.policy import PolicyError
@@ -32,6 +37,10 @@ OPEN_HOW = struct.Struct("<QQQ")
 # /proc/self/fd/N, /dev/fd/N, /dev/stdin...: reopening one of the program's own descriptors.
 FD_PATH = re.compile(rb"^/(?:proc/(\d+)(?:/task/\d+)?/fd|dev/fd)/(\d+)$")
 STD_STREAMS = {b"/dev/stdin": 0, b"/dev/stdout": 1, b"/dev/stderr": 2}
+# The status flags F_SETFL sets (O_ASYNC left out: open ignores it, F_SETFL would not).
+SETFL_FLAGS = os.O_APPEND | os.O_DIRECT | os.O_NOATIME | os.O_NONBLOCK
+# Dropped when reopening an O_PATH probe through /proc/self/fd/N: the probe resolved the path.
+REOPEN_DROPS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _int32(value: int) -> int:
@@ -61,18 +70,25 @@ def _rewrite_proc_self(pid: int, path: bytes) -> bytes:
 
 
 def _open_in_view(sup: Supervisor, pid: int, dirfd: int, path: bytes, flags: int, mode: int,
-                  resolve: int) -> int:
-    """Open `path` as the program would, confined to the view (no magic links, no escape)."""
+                  resolve: int, nid: int | None = None) -> int:
+    """Open `path` as the program would, confined to the view (no magic links, no escape).
+
+    A relative path starts at the caller's cwd or dirfd, found through /proc/<tid>: with the
+    notification `nid`, that directory is only used once NOTIF_ID_VALID says the TID still
+    is the caller (a reused TID would name another process's directory, maybe on the host).
+    """
     flags |= os.O_CLOEXEC  # our copy; the program's O_CLOEXEC goes to ADDFD
     resolve |= RESOLVE_NO_MAGICLINKS
     if path.startswith(b"/"):
-        return openat2(sup.root(pid), path, flags, mode, resolve | RESOLVE_IN_ROOT)
+        return openat2(sup.root_fd, path, flags, mode, resolve | RESOLVE_IN_ROOT)
     link = f"/proc/{pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{pid}/fd/{dirfd}"
     try:
         base = os.open(link, O_PATH | os.O_CLOEXEC)
     except OSError as exc:
         raise OSError(errno.EBADF if dirfd != AT_FDCWD else exc.errno, "bad dirfd") from None
     try:
+        if nid is not None and not sup.listener.id_valid(nid):
+            raise OSError(errno.ESRCH, "the caller is gone")
         try:
             return openat2(base, path, flags, mode, resolve | RESOLVE_BENEATH)
         except OSError as exc:
@@ -82,33 +98,122 @@ def _open_in_view(sup: Supervisor, pid: int, dirfd: int, path: bytes, flags: int
         # by the start directory's path in the view, if it still names the same directory.
         prefix = os.readlink(link).encode()
         full = prefix.rstrip(b"/") + b"/" + path
-        check = openat2(sup.root(pid), prefix, O_PATH, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+        check = openat2(sup.root_fd, prefix, O_PATH, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
         try:
             a, b = os.fstat(check), os.fstat(base)
             if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
                 raise OSError(errno.EAGAIN, "start directory moved")
         finally:
             os.close(check)
-        return openat2(sup.root(pid), full, flags, mode, resolve | RESOLVE_IN_ROOT)
+        return openat2(sup.root_fd, full, flags, mode, resolve | RESOLVE_IN_ROOT)
     finally:
         os.close(base)
 
 
-def _reopen_own_fd(pid: int, number: int, flags: int) -> tuple[int, bool]:
+def _reopen_own_fd(pid: int, number: int,
+                   flags: int) -> tuple[int, os.stat_result, bool, bool]:
     """open("/proc/self/fd/N"): a new open file description of the program's fd N.
 
-    Returns (fd, within_rights): within_rights when the program already holds fd N with at
-    least the access asked for, so no policy decision is needed (an O_PATH fd grants none).
+    Returns (fd, stat, pending) as `_open_without_blocking` does, and within_rights: whether
+    the program already holds fd N with at least the access asked for, so that no policy
+    decision is needed (an O_PATH fd grants none).
     """
     try:
         with open(f"/proc/{pid}/fdinfo/{number}", "rb") as info:
             held = next(int(line.split()[1], 8) for line in info if line.startswith(b"flags:"))
-        fd = os.open(f"/proc/{pid}/fd/{number}", flags | os.O_CLOEXEC)
+        fd, st, pending = _open_without_blocking(
+            lambda how: os.open(f"/proc/{pid}/fd/{number}", how | os.O_CLOEXEC), flags)
     except (FileNotFoundError, StopIteration):
         raise OSError(errno.ENOENT, "no such fd") from None
     wanted, have = flags & os.O_ACCMODE, held & os.O_ACCMODE
     within = not held & O_PATH and (wanted == have or have == os.O_RDWR)
-    return fd, within
+    return fd, st, pending, within
+
+
+def _waits(flags: int) -> bool:
+    """Whether a native open with `flags` may wait for a FIFO's other end (O_RDWR never does)."""
+    return not flags & (os.O_NONBLOCK | O_PATH) and flags & os.O_ACCMODE != os.O_RDWR
+
+
+@functools.cache
+def _own_fds() -> int:
+    """The supervisor's /proc/self/fd (O_PATH): reopening by number resolves one component."""
+    return os.open("/proc/self/fd", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _open_without_blocking(opener: Callable[[int], int],
+                           flags: int) -> tuple[int, os.stat_result, bool]:
+    """`opener(flags)`, without ever waiting: the supervisor's loop must not block.
+
+    A FIFO's open waits for the other end, which another process of the enclave opens through
+    us too: done here, it would deadlock the enclave. Returns (fd, its stat, pending): pending
+    when fd is an O_PATH descriptor of a FIFO whose real open the caller finishes off the
+    loop once it has admitted it (`_finish_blocking_open`); otherwise fd is opened as asked.
+
+    - Read side: resolved O_PATH first, reopened unless a FIFO. An O_NONBLOCK open would
+      connect as a reader at once: a writer waiting in its open would go ahead, and could even
+      leave before our real open, which would then wait for a writer that already came.
+    - Write side: opened O_NONBLOCK, which fails with ENXIO, connecting nothing, when no
+      reader is there (then resolved O_PATH); with a reader it connects as the real open
+      would, and the O_NONBLOCK is taken off again.
+    """
+    if not _waits(flags):
+        fd = opener(flags)
+        return fd, os.fstat(fd), False
+    exclusive = flags & (os.O_CREAT | os.O_EXCL) == os.O_CREAT | os.O_EXCL
+    if flags & os.O_ACCMODE == os.O_RDONLY and not exclusive:
+        try:
+            probe = opener(O_PATH | (flags & (os.O_NOFOLLOW | os.O_DIRECTORY)))
+        except FileNotFoundError:
+            if not flags & os.O_CREAT:
+                raise
+        else:
+            st = os.fstat(probe)
+            if stat.S_ISFIFO(st.st_mode):
+                return probe, st, True
+            try:  # the same inode, so the same stat
+                return os.open(str(probe), (flags & ~REOPEN_DROPS) | os.O_CLOEXEC,
+                               dir_fd=_own_fds()), st, False
+            finally:
+                os.close(probe)
+    try:  # the write side, or a creating open (a race could put a FIFO there)
+        fd = opener(flags | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+        probe = opener(O_PATH | (flags & (os.O_NOFOLLOW | os.O_DIRECTORY)))
+        st = os.fstat(probe)
+        if not stat.S_ISFIFO(st.st_mode):
+            os.close(probe)
+            raise
+        return probe, st, True
+    # F_SETFL sets exactly these: the program's own, without the O_NONBLOCK added above
+    # (status flags belong to the open file description the program gets).
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & SETFL_FLAGS)
+    return fd, os.fstat(fd), False
+
+
+def _finish_blocking_open(sup: Supervisor, n: Notification, fd: int, flags: int,
+                          name: str) -> None:
+    """The real open of an admitted FIFO (`fd`: O_PATH), in a thread that answers once the
+    other end shows up. Takes ownership of `fd`. The caller waits killably
+    (WAIT_KILLABLE_RECV); a thread whose partner never comes ends with the supervisor."""
+
+    def finish() -> None:
+        try:
+            reopened = os.open(f"/proc/self/fd/{fd}", (flags & ~REOPEN_DROPS) | os.O_CLOEXEC)
+        except OSError as exc:
+            sup.listener.reply(n.id, error=exc.errno or errno.EIO)
+            return
+        finally:
+            os.close(fd)
+        try:
+            sup.listener.reply_fd(n.id, reopened, cloexec=bool(flags & os.O_CLOEXEC))
+        finally:
+            os.close(reopened)
+        sup.trace(n, f'"{name}", {flags:#o}', "fd (FIFO)")
+
+    threading.Thread(target=finish, name=f"pylos-fifo-{n.id}", daemon=True).start()
 
 
 def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, flags: int,
@@ -135,17 +240,22 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
                               "process's descriptor")
         within_rights = False
         if own_fd is not None or match:
-            fd, within_rights = _reopen_own_fd(
+            fd, st, pending, within_rights = _reopen_own_fd(
                 pid, own_fd if own_fd is not None else int(match.group(2)),
                 flags & ~(os.O_CREAT | os.O_EXCL | os.O_CLOEXEC))
         else:
-            fd = _open_in_view(sup, pid, dirfd, path, flags & ~os.O_CLOEXEC, mode, resolve)
-        st = os.fstat(fd)
+            fd, st, pending = _open_without_blocking(
+                lambda how: _open_in_view(sup, pid, dirfd, path, how & ~os.O_CLOEXEC, mode,
+                                          resolve, n.id), flags)
         served = fd if within_rights else sup.policy.admit(fd, st, name, flags)
         if served != fd:
             # A verified copy: a fresh open file description each time (own offset).
             os.close(fd)
             fd = os.open(f"/proc/self/fd/{served}", os.O_RDONLY | os.O_CLOEXEC)
+        elif pending:
+            _finish_blocking_open(sup, n, fd, flags, name)
+            fd = -1  # the thread owns it now
+            return
         sup.listener.reply_fd(n.id, fd, cloexec=bool(flags & os.O_CLOEXEC))
         sup.trace(n, f'"{name}", {flags:#o}', f"fd (inode {st.st_ino})")
     except PolicyError as exc:
