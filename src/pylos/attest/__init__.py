@@ -1,0 +1,1 @@
+"""Attestation: the simulated SGX platform, reports, quotes, their verification, RA-TLS."""

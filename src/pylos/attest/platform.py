@@ -1,0 +1,80 @@
+"""The simulated SGX platform: the one store of pylos's simulated hardware secrets.
+
+There is no SGX hardware here, so what a CPU would hold in fuses (the seal/report key base)
+and what Intel's provisioning would hand out (attestation key, PCK certificate chain,
+collateral) lives in one directory per pylos installation: `<pkglibdir>/sim-platform`
+(`PYLOS_PLATFORM_DIR` overrides it; tests use a temporary directory). It is created on first
+use, 0700, with every file 0600. Everything derived from it is *simulated*: keys never equal
+hardware keys, and its certificates chain to a root named as a pylos simulation root, which
+every verifier rejects unless told to accept simulated evidence.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+
+from pylos.errors import PylosError
+from pylos.hashing import write_atomic
+from pylos.install import pkglibdir
+
+PLATFORM_DIR_ENV = "PYLOS_PLATFORM_DIR"
+SECRET_FILE = "platform-secret.bin"
+SECRET_SIZE = 32
+
+
+def platform_dir() -> Path:
+    """Where this installation's simulated platform lives."""
+    override = os.environ.get(PLATFORM_DIR_ENV)
+    return Path(override) if override else pkglibdir() / "sim-platform"
+
+
+class SimulatedPlatform:
+    """A handle on the store; files inside are created lazily, each on its first use."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root if root is not None else platform_dir()
+
+    def ensure_root(self) -> Path:
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+        except OSError as e:
+            raise PylosError(
+                f"cannot create the simulated platform store '{self.root}': {e.strerror}"
+                f" (set {PLATFORM_DIR_ENV} to a writable directory)"
+            ) from None
+        return self.root
+
+    def read_or_create(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The bytes of store file `name`, created once with `make()` (0600, atomically)."""
+        path = self.ensure_root() / name
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        data = make()
+        # O_EXCL-like: if another process created it meanwhile, its version wins.
+        tmp = path.with_name(f".{name}.{os.getpid()}")
+        write_atomic(tmp, data, mode=0o600)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        return path.read_bytes()
+
+    @cached_property
+    def secret(self) -> bytes:
+        """The base key of every simulated EGETKEY (the CPU's fused secret)."""
+        data = self.read_or_create(SECRET_FILE, lambda: secrets.token_bytes(SECRET_SIZE))
+        if len(data) != SECRET_SIZE:
+            raise PylosError(
+                f"simulated platform secret '{self.root / SECRET_FILE}' is {len(data)} bytes,"
+                f" expected {SECRET_SIZE}"
+            )
+        return data
