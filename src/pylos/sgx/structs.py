@@ -117,3 +117,91 @@ class ReportBody:
          config_svn, family, report_data) = cls.FORMAT.unpack(data)
         return cls(cpu_svn, misc, ext_prod, Attributes.unpack(attrs), mr_enclave, mr_signer,
                    config_id, prod, svn, config_svn, family, report_data)
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """TARGETINFO (512 B): names the enclave that will verify a REPORT (`sgx-formats.md` §4)."""
+
+    mr_enclave: bytes = bytes(32)
+    attributes: Attributes = Attributes(0, 0)
+    config_svn: int = 0
+    misc_select: int = 0
+    config_id: bytes = bytes(64)
+
+    # 0 MRENCLAVE, 32 ATTRIBUTES, 48 reserved1 (2), 50 CONFIGSVN, 52 MISCSELECT, 56 reserved2 (8),
+    # 64 CONFIGID, 128 reserved3 (384).
+    FORMAT: ClassVar[struct.Struct] = struct.Struct("<32s16s2xHI8x64s384x")
+    SIZE: ClassVar[int] = 512
+
+    def __post_init__(self) -> None:
+        check_lengths("target info", mr_enclave=(self.mr_enclave, 32),
+                      config_id=(self.config_id, 64))
+
+    def pack(self) -> bytes:
+        return self.FORMAT.pack(self.mr_enclave, self.attributes.pack(), self.config_svn,
+                                self.misc_select, self.config_id)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> TargetInfo:
+        if len(data) != cls.SIZE:
+            raise ValueError(f"target info must be {cls.SIZE} bytes, got {len(data)}")
+        if data[48:50] != bytes(2) or data[56:64] != bytes(8):
+            raise ValueError("target info: reserved fields must be zero")
+        mr_enclave, attrs, config_svn, misc, config_id = cls.FORMAT.unpack(data)
+        return cls(mr_enclave, Attributes.unpack(attrs), config_svn, misc, config_id)
+
+    @classmethod
+    def of(cls, body: ReportBody) -> TargetInfo:
+        """The TARGETINFO of the enclave that `body` describes (its `my_target_info`)."""
+        return cls(body.mr_enclave, body.attributes, body.config_svn, body.misc_select,
+                   body.config_id)
+
+
+KEYNAME_EINITTOKEN = 0
+KEYNAME_PROVISION = 1
+KEYNAME_PROVISION_SEAL = 2
+KEYNAME_REPORT = 3
+KEYNAME_SEAL = 4
+
+KEYPOLICY_MRENCLAVE = 0x1
+KEYPOLICY_MRSIGNER = 0x2
+KEYPOLICY_NOISVPRODID = 0x4
+KEYPOLICY_CONFIGID = 0x8
+KEYPOLICY_ISVFAMILYID = 0x10
+KEYPOLICY_ISVEXTPRODID = 0x20
+
+
+@dataclass(frozen=True)
+class KeyRequest:
+    """KEYREQUEST (512 B), the input of EGETKEY (`sgx-formats.md` §5)."""
+
+    key_name: int
+    key_policy: int = 0
+    isv_svn: int = 0
+    cpu_svn: bytes = bytes(16)
+    attribute_mask: Attributes = Attributes(0, 0)
+    key_id: bytes = bytes(32)
+    misc_mask: int = 0
+    config_svn: int = 0
+
+    # 0 KEYNAME, 2 KEYPOLICY, 4 ISVSVN, 6 reserved, 8 CPUSVN, 24 ATTRIBUTEMASK, 40 KEYID,
+    # 72 MISCMASK, 76 CONFIGSVN, 78 reserved (434).
+    FORMAT: ClassVar[struct.Struct] = struct.Struct("<HHH2x16s16s32sIH434x")
+    SIZE: ClassVar[int] = 512
+
+    def __post_init__(self) -> None:
+        check_lengths("key request", cpu_svn=(self.cpu_svn, 16), key_id=(self.key_id, 32))
+
+    def pack(self) -> bytes:
+        return self.FORMAT.pack(self.key_name, self.key_policy, self.isv_svn, self.cpu_svn,
+                                self.attribute_mask.pack(), self.key_id, self.misc_mask,
+                                self.config_svn)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> KeyRequest:
+        if len(data) != cls.SIZE:
+            raise ValueError(f"key request must be {cls.SIZE} bytes, got {len(data)}")
+        name, policy, svn, cpu_svn, mask, key_id, misc_mask, config_svn = cls.FORMAT.unpack(data)
+        return cls(name, policy, svn, cpu_svn, Attributes.unpack(mask), key_id, misc_mask,
+                   config_svn)
