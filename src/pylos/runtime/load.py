@@ -16,11 +16,16 @@ import hashlib
 import marshal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pylos import install
 from pylos.errors import PylosError
 from pylos.hashing import cache_dir, write_atomic
 from pylos.manifest import Manifest
+
+if TYPE_CHECKING:
+    from pylos.sgx.sigstruct import Sigstruct
+    from pylos.sgx.structs import ReportBody
 
 
 @dataclass
@@ -29,6 +34,8 @@ class LoadedEnclave:
     sgx_mode: bool
     mr_enclave: bytes | None = None
     mr_signer: bytes | None = None
+    # SGX mode: the enclave as EREPORT/EGETKEY see it (its report body, report_data zero).
+    identity: ReportBody | None = None
 
 
 def app_base(app: str) -> str:
@@ -111,5 +118,23 @@ def _load_signed(manifest_path: Path, sig_path: Path) -> LoadedEnclave:
     if (attributes, misc_select) != (sigstruct.attributes, sigstruct.misc_select):
         raise PylosError(f"'{sig_path}': attributes do not match the manifest's sgx options")
     return LoadedEnclave(manifest, sgx_mode=True, mr_enclave=sigstruct.enclave_hash,
-                         mr_signer=sigstruct.mr_signer())
+                         mr_signer=sigstruct.mr_signer(), identity=enclave_identity(sigstruct))
+
+
+def enclave_identity(sigstruct: Sigstruct) -> ReportBody:
+    """The report body of the enclave that `sigstruct` launches on the simulated platform.
+
+    EINIT sets INIT in the running enclave's attributes; CPUSVN is the simulated platform's.
+    """
+    from pylos.sgx.egetkey import SIM_CPU_SVN
+    from pylos.sgx.structs import FLAG_INIT, Attributes, ReportBody
+
+    attributes = Attributes(sigstruct.attributes.flags | FLAG_INIT, sigstruct.attributes.xfrm)
+    return ReportBody(
+        cpu_svn=SIM_CPU_SVN, misc_select=sigstruct.misc_select,
+        isv_ext_prod_id=sigstruct.isv_ext_prod_id, attributes=attributes,
+        mr_enclave=sigstruct.enclave_hash, mr_signer=sigstruct.mr_signer(),
+        isv_prod_id=sigstruct.isv_prod_id, isv_svn=sigstruct.isv_svn,
+        isv_family_id=sigstruct.isv_family_id,
+    )
 
