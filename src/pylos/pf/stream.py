@@ -115,7 +115,7 @@ def encrypt_stream(src: BinaryIO, size: int, dst_fd: int, key: bytes, path: str,
 def decrypt_stream(src_fd: int, dst: BinaryIO, key: bytes, path: str | None, what: str,
                    progress: Progress | None = None, recovery_path: str | None = None) -> int:
     """Decrypt the whole protected file on `src_fd` into `dst`, checking every MAC (and with
-    `path`, the bound path); return the plaintext size."""
+    `path`, the bound path); return the plaintext size. `progress` gets input bytes."""
     check_key(key)
     node = os.pread(src_fd, NODE_SIZE, 0)
     _, flags = parse_header(node, what)
@@ -131,8 +131,8 @@ def decrypt_stream(src_fd: int, dst: BinaryIO, key: bytes, path: str | None, wha
                       f"{size} plaintext bytes, which take {expected} bytes ({how}?)", "size")
     head = min(size, MD_USER_DATA_SIZE)
     dst.write(md.plain[MD_DATA:MD_DATA + head])
-    if progress:
-        progress(head)
+    if progress:  # counts input bytes, so it ends at the host file's size
+        progress(NODE_SIZE)
     data_nodes, mht_nodes = data_node_count(size), mht_node_count(size)
     parents: dict[int, bytes] = {}
     buf_view = memoryview(bytearray((DATA_SLOTS + 1) * NODE_SIZE + MAC_SIZE))
@@ -172,7 +172,7 @@ def decrypt_stream(src_fd: int, dst: BinaryIO, key: bytes, path: str | None, wha
         dst.write(plain_view[:want])
         remaining -= want
         if progress:
-            progress(want)
+            progress((count + 1) * NODE_SIZE)
     return size
 
 

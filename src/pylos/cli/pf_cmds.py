@@ -1,0 +1,124 @@
+"""`pylos pf gen-key|encrypt|decrypt`: Gramine's `gramine-sgx-pf-crypt` (protected files)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from pylos.pf import convert
+
+SHOW_PROGRESS_FROM = 32 << 20  # bytes: smaller inputs finish before a bar is worth drawing
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr for large inputs on a terminal, else no callback."""
+    if total < SHOW_PROGRESS_FROM or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                  transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        last = [0.0]
+
+        def advance(nbytes: int) -> None:
+            bar.advance(task, nbytes)
+            now = time.monotonic()
+            if now - last[0] > 0.1:  # redraws are expensive next to 400 KB of AES-GCM
+                last[0] = now
+                bar.refresh()
+
+        yield advance
+
+
+def _size_text(nbytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+_wrap_key = click.option("-w", "--wrap-key", "wrap_key", required=True, metavar="PATH",
+                         type=click.Path(dir_okay=False, path_type=Path),
+                         help="Wrap key file: 16 raw bytes.")
+_input = click.option("-i", "--input", "source", required=True, metavar="PATH",
+                      help="Single file or directory with input files to convert.")
+_output = click.option("-o", "--output", "target", required=True, metavar="PATH",
+                       help="Single file or directory to write output files to.")
+_verbose = click.option("-v", "--verbose", is_flag=True, help="Print every file converted.")
+
+
+@click.group("pf")
+def pf_group() -> None:
+    """Gramine protected (encrypted) files, like gramine-sgx-pf-crypt."""
+
+
+@pf_group.command("gen-key")
+@_wrap_key
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing key file.")
+def gen_key_cmd(wrap_key: Path, force: bool) -> None:
+    """Generate a random 16-byte wrap key (mode 0600)."""
+    convert.generate_key(wrap_key, force)
+    click.echo(f"Wrap key saved to: {wrap_key}", err=True)
+
+
+@pf_group.command("encrypt")
+@_wrap_key
+@_input
+@_output
+@_verbose
+def encrypt_cmd(wrap_key: Path, source: str, target: str, verbose: bool) -> None:
+    """Encrypt plaintext files.
+
+    Each encrypted file embeds its output path exactly as given with -o (normalized), so the
+    manifest's encrypted mount must yield that same host path.
+    """
+    key = convert.load_key(wrap_key)
+    jobs = convert.plan(source, target)
+    with _progress(sum(j.size for j in jobs), "encrypting") as progress:
+        bound = convert.encrypt_files(jobs, key, progress)
+    total = sum(job.size for job, _ in bound)
+    if verbose:
+        for job, path in bound:
+            click.echo(f"Encrypted: {job.source} -> {job.target} (bound path '{path}')", err=True)
+    example = f"; bound path e.g. '{bound[0][1]}'" if bound else ""
+    click.echo(f"Encrypted {len(bound)} file(s), {_size_text(total)}{example}", err=True)
+
+
+@pf_group.command("decrypt")
+@_wrap_key
+@_input
+@_output
+@click.option("-V", "--verify", is_flag=True,
+              help="Check that each file is bound to its (normalized) input path.")
+@_verbose
+def decrypt_cmd(wrap_key: Path, source: str, target: str, verify: bool, verbose: bool) -> None:
+    """Decrypt encrypted files (every node's MAC is checked; nothing is written on error)."""
+    key = convert.load_key(wrap_key)
+    jobs = convert.plan(source, target)
+    with _progress(sum(j.size for j in jobs), "decrypting") as progress:
+        convert.decrypt_files(jobs, key, verify, progress)
+    if verbose:
+        for job in jobs:
+            click.echo(f"Decrypted: {job.source} -> {job.target}", err=True)
+    checked = ", bound paths verified" if verify else ""
+    click.echo(f"Decrypted {len(jobs)} file(s){checked}", err=True)
+
+
+COMMANDS = [pf_group]
