@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
@@ -107,3 +108,14 @@ def test_racing_thread_never_opens_the_forbidden_file(make_enclave):
     assert result.returncode == 0, result.stderr
     tries, opened, leaks = map(int, re.findall(r"\d+", result.stdout))
     assert tries == 10000 and leaks == 0 and opened > 0
+
+
+def test_racing_thread_never_execs_an_untrusted_binary(make_enclave, programs):
+    """The exec is CONTINUEd after verification: a thread rewriting the path afterwards must
+    still never get an untrusted (host-controlled) file mapped by the kernel."""
+    enclave = make_enclave("race_exec")
+    shutil.copy(programs / "race_exec", enclave.root / "data" / "evil")
+    result = enclave.run("/app", "/data/evil", "2000", timeout=300)
+    assert result.returncode == 0, result.stderr
+    tries, ran, refused, evil = map(int, re.findall(r"\d+", result.stdout))
+    assert tries == 2000 and evil == 0 and ran > 0

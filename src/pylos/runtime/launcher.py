@@ -24,6 +24,7 @@ import errno
 import marshal
 import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -33,6 +34,7 @@ from pylos.errors import PylosError
 from pylos.runtime import seccomp
 from pylos.runtime.config import EnclaveConfig, build_config
 from pylos.runtime.namespaces import Bind, ViewPlan, build_view, enter_user_namespace
+from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
 from pylos.runtime.syscalls import files, processes
 from pylos.runtime.syscalls.table import SYSCALLS
@@ -224,7 +226,7 @@ def _program(config: EnclaveConfig, program_filter: bytes, channel: socket.socke
 
 
 def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: bytes,
-          channel: socket.socket) -> int:
+          channel: socket.socket, staging_channel: socket.socket) -> int:
     """PID 1 of the enclave: build the view, start the program, reap, exit with its status.
 
     Init is the one process of the enclave outside the seccomp filter, so nothing in the
@@ -251,15 +253,38 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: b
     channel.close()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP):
         signal.signal(sig, lambda s, _f: os.kill(program, s))
+    return _serve_until_exit(program, StagingArea(result.staging_dirfd), staging_channel)
+
+
+def _serve_until_exit(program: int, staging: StagingArea, channel: socket.socket) -> int:
+    """Init's loop: reap every process (PID 1 of the enclave), stage executables for the
+    supervisor, and return the program's exit status once it has exited."""
+    wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wakeup_write)
+    signal.signal(signal.SIGCHLD, lambda _s, _f: None)
+    waiting_on = [wakeup_read, channel]
     while True:
-        pid, status = os.wait()
-        if pid == program:
-            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else (
-                128 + os.WTERMSIG(status))
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return 1
+            if pid == 0:
+                break
+            if pid == program:
+                return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else (
+                    128 + os.WTERMSIG(status))
+        for ready in select.select(waiting_on, [], [])[0]:
+            if ready == wakeup_read:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wakeup_read, 4096)
+            elif not staging.serve_one(channel):
+                waiting_on.remove(channel)
 
 
 def _namespace_creator(config: EnclaveConfig, plan: ViewPlan, newroot: str,
-                       program_filter: bytes, channel: socket.socket) -> int:
+                       program_filter: bytes, channel: socket.socket,
+                       staging_channel: socket.socket) -> int:
     _set_pdeathsig()
     # Out of the supervisor's process group: kill(0, sig) from init's group must not reach it.
     os.setpgid(0, 0)
@@ -270,13 +295,14 @@ def _namespace_creator(config: EnclaveConfig, plan: ViewPlan, newroot: str,
     if init == 0:
         code = 1
         try:
-            code = _init(config, plan, newroot, program_filter, channel)
+            code = _init(config, plan, newroot, program_filter, channel, staging_channel)
         except PylosError as exc:
             channel.send(marshal.dumps({"error": str(exc)}))
         except OSError as exc:
             channel.send(marshal.dumps({"error": f"building the enclave view: {exc}"}))
         os._exit(code)
     channel.close()
+    staging_channel.close()
     _, status = os.waitpid(init, 0)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(
         status)
@@ -308,6 +334,7 @@ def run(app: str, host_args: list[str]) -> int:
     program_filter, handlers = filter_for(config)
     plan = view_plan(config)
     supervisor_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    staging_end, init_staging_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     # An empty host directory to mount the view's tmpfs on (tempfile costs 4 ms to import).
     newroot = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pylos-root-{os.urandom(8).hex()}")
     os.mkdir(newroot, 0o700)
@@ -315,23 +342,26 @@ def run(app: str, host_args: list[str]) -> int:
     creator = os.fork()
     if creator == 0:
         supervisor_end.close()
+        staging_end.close()
         code = 1
         os.umask(program_umask)
         try:
-            code = _namespace_creator(config, plan, newroot, program_filter, child_end)
+            code = _namespace_creator(config, plan, newroot, program_filter, child_end,
+                                      init_staging_end)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 child_end.send(marshal.dumps({"error": f"cannot create namespaces: {exc}"}))
         os._exit(code)
     child_end.close()
+    init_staging_end.close()
     try:
-        return _supervise(config, log, handlers, supervisor_end, creator)
+        return _supervise(config, log, handlers, supervisor_end, creator, Stager(staging_end))
     finally:
         os.rmdir(newroot)
 
 
 def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.socket,
-               creator: int) -> int:
+               creator: int, stager: Stager) -> int:
     from pylos.hashing import HashCache
     from pylos.runtime.policy import FilePolicy, TrustedFiles
     from pylos.runtime.supervisor import Supervisor
@@ -374,7 +404,7 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
     policy = FilePolicy(TrustedFiles(config.trusted, HashCache.default(), log,
                                      config.host_path_of),
                         set(view["writable"]), set(view["private"]), config.allow_all_but_log, log)
-    supervisor = Supervisor(listener, config, policy, log, handlers, root_fds[0])
+    supervisor = Supervisor(listener, config, policy, log, handlers, root_fds[0], stager)
     try:
         supervisor.run()
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 
@@ -105,6 +106,7 @@ class ViewResult:
 
     writable_mount_ids: list[int] = field(default_factory=list)
     private_mount_ids: list[int] = field(default_factory=list)
+    staging_dirfd: int = -1  # init's only: the writable exec staging tmpfs
 
 
 class ViewBuilder:
@@ -126,8 +128,9 @@ class ViewBuilder:
         self.ensure(path, is_dir)
         target = self.real(path)
         mount(host, target, None, MS_BIND | MS_REC)
-        if not writable:
-            self.remount_readonly(target)
+        # noexec: the kernel may only exec staged, verified copies (runtime/staging.py).
+        for mounted in _mounts_at_or_below(target):
+            self.restrict(mounted, readonly=not writable, noexec=True)
         if is_dir:
             self.host_binds[path] = host
         if writable:
@@ -140,15 +143,17 @@ class ViewBuilder:
         self.result.private_mount_ids.append(_mount_id_of(self.real(path)))
 
     @staticmethod
-    def remount_readonly(target: str) -> None:
-        # Flags locked by the user namespace (nosuid, nodev, noexec) must be kept on remount.
+    def restrict(target: str, readonly: bool = True, noexec: bool = False) -> None:
+        """Remount the bind at `target` read-only and/or noexec."""
+        # Flags locked by the user namespace (nosuid, nodev, noexec, ro) must be kept.
         st = os.statvfs(target)
-        keep = 0
+        flags = MS_REMOUNT | MS_BIND | (MS_RDONLY if readonly else 0) | (
+            MS_NOEXEC if noexec else 0)
         for flag, bit in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
-                          (os.ST_NOEXEC, MS_NOEXEC)):
+                          (os.ST_NOEXEC, MS_NOEXEC), (os.ST_RDONLY, MS_RDONLY)):
             if st.f_flag & flag:
-                keep |= bit
-        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
+                flags |= bit
+        mount(None, target, None, flags)
 
     def ensure(self, path: str, is_dir: bool) -> None:
         """Make `path` exist in the view as a directory or a file, never touching the host."""
@@ -215,13 +220,14 @@ class ViewBuilder:
                 f.write(content)
             self.ensure(path, False)
             mount(source, self.real(path), None, MS_BIND)
-            self.remount_readonly(self.real(path))
+            self.restrict(self.real(path))
             self.result.private_mount_ids.append(_mount_id_of(self.real(path)))
         _check(_libc.umount2(staging.encode(), MNT_DETACH), "umount staging")
         os.rmdir(staging)
 
     def finish(self, loader_search: list[str]) -> None:
         self._make_dev()
+        self._make_exec_staging()
         self.ensure("/proc", True)
         self.host_binds.pop("/proc", None)
         mount("proc", self.real("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -244,7 +250,7 @@ class ViewBuilder:
             if not os.path.exists(real):
                 continue
             mount(real, real, None, MS_BIND | MS_REC)
-            self.remount_readonly(real)
+            self.restrict(real)
             self.result.private_mount_ids.append(_mount_id_of(real))
 
     def _make_dev(self) -> None:
@@ -262,6 +268,23 @@ class ViewBuilder:
         os.mkdir(f"{dev}/shm", 0o1777)
         mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
         self.result.private_mount_ids.append(_mount_id_of(f"{dev}/shm"))
+
+    def _make_exec_staging(self) -> None:
+        """The tmpfs for staged executables: read-only in the view, writable only through
+        init's descriptor of a detached mount of it (`runtime/staging.py`)."""
+        from pylos.runtime.staging import STAGING_DIR
+
+        writable = self.real("/dev/.pylos-exec-rw")
+        os.mkdir(writable, 0o700)
+        mount("tmpfs", writable, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        self.result.staging_dirfd = os.open(writable, os.O_RDONLY | os.O_DIRECTORY |
+                                            os.O_CLOEXEC)
+        visible = self.real(STAGING_DIR)
+        os.mkdir(visible, 0o755)
+        mount(writable, visible, None, MS_BIND)
+        self.restrict(visible, readonly=True)
+        _check(_libc.umount2(writable.encode(), MNT_DETACH), "umount staging")
+        os.rmdir(writable)
 
     def _make_loader_resolvable(self, search: list[str]) -> None:
         """Gramine finds the ELF interpreter by name; the kernel needs PT_INTERP's path."""
@@ -286,6 +309,20 @@ def _mount_id_of(path: str) -> int:
         return mount_id(fd)
     finally:
         os.close(fd)
+
+
+def _mounts_at_or_below(target: str) -> list[str]:
+    """`target` and the mount points under it (a recursive bind brings submounts along)."""
+    found = [target]
+    prefix = target.rstrip("/") + "/"
+    with open("/proc/self/mountinfo", "rb") as table:
+        for line in table:
+            # Field 5 is the mount point, with space, tab, newline and backslash as \ooo.
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]),
+                           line.split(b" ", 5)[4]).decode(errors="surrogateescape")
+            if point.startswith(prefix):
+                found.append(point)
+    return found
 
 
 def build_view(plan: ViewPlan, newroot: str, start_dir: str) -> ViewResult:

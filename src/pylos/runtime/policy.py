@@ -53,6 +53,9 @@ class TrustedFiles:
         self._cache = cache
         self._log = log
         self._copies: dict[FileKey, Verified] = {}
+        # (device, inode) of the copies staged in the view for exec (runtime/staging.py):
+        # verified bytes on a read-only private tmpfs.
+        self.staged: set[tuple[int, int]] = set()
 
     def save_cache(self) -> None:
         self._cache.save()
@@ -142,6 +145,11 @@ class FilePolicy:
         mode = st.st_mode
         if not stat.S_ISREG(mode):
             return fd  # directories, the view's device nodes, fifos, sockets
+        if (st.st_dev, st.st_ino) in self.trusted.staged:
+            if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+                raise PolicyError(errno.EACCES, f"Disallowing write/append to a trusted file "
+                                  f"'{name}'")
+            return fd  # a verified copy, immutable
         # Where the kernel actually opened it, as a canonical path in the view.
         entry = self.trusted.lookup(st, os.readlink(f"/proc/self/fd/{fd}"))
         if entry is not None:

@@ -15,6 +15,7 @@ from typing import TextIO
 from pylos.runtime.config import EnclaveConfig
 from pylos.runtime.policy import FilePolicy
 from pylos.runtime.seccomp import Listener, Notification
+from pylos.runtime.staging import Stager
 from pylos.runtime.syscalls.table import NAMES
 
 Handler = Callable[["Supervisor", Notification], None]
@@ -41,13 +42,14 @@ class Log:
 
 class Supervisor:
     def __init__(self, listener: Listener, config: EnclaveConfig, policy: FilePolicy, log: Log,
-                 handlers: dict[int, Handler], root_fd: int) -> None:
+                 handlers: dict[int, Handler], root_fd: int, stager: Stager) -> None:
         self.listener = listener
         self.config = config
         self.policy = policy
         self.log = log
         self.handlers = handlers
         self.root_fd = root_fd  # O_PATH: the view's root, from init after pivot_root
+        self.stager = stager  # init binds verified executables into the view for exec
         self.main_pid: int | None = None  # host pid of the program's first process
         self.threads: dict[int, tuple[int, int]] = {}  # tgid -> (tasks seen, clones pending)
         self.warned: set[str] = set()

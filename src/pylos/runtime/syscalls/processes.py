@@ -1,10 +1,11 @@
-"""exec and clone: verify before the kernel maps, count threads against `sgx.max_threads`.
+"""exec and clone: verify and stage what the kernel maps, count threads against `sgx.max_threads`.
 
 The kernel maps an executable, its ELF interpreter (PT_INTERP) and a script's `#!`
 interpreter itself, with no notification for the latter two, so all of them are resolved in
-the view and verified here before the exec may proceed. Exec cannot be emulated: after the
-verification the call is CONTINUEd. Known limit (docs/runtime.md): the host could still
-replace the file between this check and the kernel's open; files modified earlier are caught.
+the view and verified here, and each verified copy is staged over its path in the view
+(`runtime/staging.py`) before the exec may proceed. Exec cannot be emulated, so the call is
+then CONTINUEd: host binds are noexec, so whatever path the kernel resolves it can only map
+staged, verified bytes (or enclave-private memory).
 """
 
 from __future__ import annotations
@@ -50,19 +51,28 @@ def _interpreter_of(fd: int) -> bytes | None:
 
 
 def verify_executable(sup: Supervisor, pid: int, fd: int, name: str, depth: int = 0) -> None:
-    """Raise PolicyError unless `fd` (and any interpreter it names) is trusted and intact."""
+    """Raise PolicyError unless `fd` (and any interpreter it names) is trusted and intact;
+    stage the verified copies where the kernel will look for them."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise PolicyError(errno.EACCES, f"Disallowing exec of '{name}': not a regular file")
-    entry = sup.policy.trusted.lookup(st, os.readlink(f"/proc/self/fd/{fd}"))
-    if entry is None:
-        if not sup.policy.allow_all_but_log:
+    trusted = sup.policy.trusted
+    if (st.st_dev, st.st_ino) in trusted.staged:
+        content = fd  # staged earlier: verified bytes already
+    else:
+        view_path = os.readlink(f"/proc/self/fd/{fd}")
+        entry = trusted.lookup(st, view_path)
+        if entry is not None:
+            content = trusted.verified_copy(fd, *entry, st).memfd
+        elif sup.policy.allow_all_but_log:
+            sup.log("warning", f"Allowing access to unknown file '{name}' due to "
+                    "file_check_policy.")
+            content = fd
+        else:
             raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}'; file is not "
                               "allowed.")
-        sup.log("warning", f"Allowing access to unknown file '{name}' due to file_check_policy.")
-    else:
-        sup.policy.trusted.verified_copy(fd, *entry, st)
-    interpreter = _interpreter_of(fd)
+        _stage(sup, pid, view_path, content, name)
+    interpreter = _interpreter_of(content)
     if interpreter is None:
         return
     if depth >= MAX_INTERPRETER_DEPTH:
@@ -72,6 +82,22 @@ def verify_executable(sup: Supervisor, pid: int, fd: int, name: str, depth: int 
         verify_executable(sup, pid, interp_fd, interpreter.decode(errors="replace"), depth + 1)
     finally:
         os.close(interp_fd)
+
+
+def _stage(sup: Supervisor, pid: int, view_path: str, content: int, name: str) -> None:
+    """Have init bind `content` over `view_path`, and check the view now shows it there."""
+    staged = sup.stager.stage(view_path, content)
+    check = _open_in_view(sup, pid, AT_FDCWD, view_path.encode(), os.O_PATH, 0, 0)
+    try:
+        st = os.fstat(check)
+    finally:
+        os.close(check)
+    if (st.st_dev, st.st_ino) != staged:
+        raise PolicyError(errno.EACCES, f"Disallowing exec of '{name}': its path changed while "
+                          "it was being staged")
+    sup.policy.trusted.staged.add(staged)
+    if sup.log.trace:
+        sup.log("trace", f"staged '{view_path}' for exec")
 
 
 def _verify_exec(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, flags: int) -> None:
