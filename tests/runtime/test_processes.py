@@ -42,6 +42,17 @@ def test_threads_up_to_and_beyond_max_threads(make_enclave):
             "sgx.max_threads in the manifest. The current value is 4") in beyond.stderr
 
 
+def test_thread_limit_counts_live_threads_not_past_clones(make_enclave):
+    """A thread-per-connection server creates and ends threads forever: with at most two
+    alive, a limit of 4 must never be reached."""
+    enclave = make_enclave("threadchurn", extra="")
+    text = (enclave.root / "app.manifest.template").read_text()
+    enclave.render(template=text.replace("sgx.max_threads = 8", "sgx.max_threads = 4"))
+    result = enclave.run("300")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "started 300 of 300 threads\n"
+
+
 def test_edmm_lifts_the_thread_cap(make_enclave):
     enclave = make_enclave("threads", extra="sgx.edmm_enable = true\n")
     text = (enclave.root / "app.manifest.template").read_text()

@@ -51,8 +51,9 @@ class Supervisor:
         self.root_fd = root_fd  # O_PATH: the view's root, from init after pivot_root
         self.stager = stager  # init binds verified executables into the view for exec
         self.main_pid: int | None = None  # host pid of the program's first process
-        self.threads: dict[int, tuple[int, int]] = {}  # tgid -> (tasks seen, clones pending)
+        self.threads: dict[int, set[int]] = {}  # tgid -> callers of clones let through
         self.warned: set[str] = set()
+        self.out_of_memory = False  # an allocation failed for want of sgx.enclave_size
 
     def warn_once(self, key: str, level: str, message: str) -> None:
         if key not in self.warned:

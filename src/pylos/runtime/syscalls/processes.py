@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pylos.runtime.policy import PolicyError
 from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view
+from pylos.runtime.syscalls.table import SYSCALLS
 from pylos.runtime.target import read_path, thread_group
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ MAX_INTERPRETER_DEPTH = 4
 ELF_HEADER = struct.Struct("<4sBBBBB7xHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
 PT_INTERP = 3
+CLONE_NR = str(SYSCALLS["clone"]).encode()
 
 
 def _interpreter_of(fd: int) -> bytes | None:
@@ -154,18 +156,28 @@ def handle_clone(sup: Supervisor, n: Notification) -> None:
     except OSError:
         sup.listener.allow(n.id)
         return
-    seen, pending = sup.threads.get(tgid, (tasks, 0))
-    if tasks > seen:  # threads we let through have appeared
-        pending = max(0, pending - (tasks - seen))
-    if limit is not None and tasks + pending >= limit:
+    # Clones let through whose thread may not exist yet: those of callers still inside clone.
+    # A caller now in any other state (or gone) has finished its clone, and the new thread is
+    # in `tasks` as long as it lives: counting clones instead would leak with thread churn.
+    pending = {tid for tid in sup.threads.get(tgid, ()) if tid != n.pid and _in_clone(tgid, tid)}
+    if limit is not None and tasks + len(pending) >= limit:
         sup.log("error", "There are no available TCS pages left for a new thread. Please try to "
                 "increase sgx.max_threads in the manifest. The current value is "
                 f"{limit}")
-        sup.threads[tgid] = (tasks, pending)
+        sup.threads[tgid] = pending
         sup.listener.reply(n.id, error=errno.ENOMEM)
         return
-    sup.threads[tgid] = (tasks, pending + 1)
+    sup.threads[tgid] = pending | {n.pid}
     sup.listener.allow(n.id)
+
+
+def _in_clone(tgid: int, tid: int) -> bool:
+    """Whether thread `tid` is in clone (or waiting for us to answer another clone)."""
+    try:
+        with open(f"/proc/{tgid}/task/{tid}/syscall", "rb") as f:
+            return f.read().split(b" ", 1)[0] == CLONE_NR
+    except OSError:
+        return False  # gone: its clone, if any, is over
 
 
 def refuse_subprocess(sup: Supervisor, n: Notification) -> None:
