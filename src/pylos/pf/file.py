@@ -320,6 +320,11 @@ class ProtectedFile:
     def path(self) -> str | None:
         return self._path
 
+    @property
+    def cached_nodes(self) -> int:
+        """Decrypted MHT and data nodes held (the root MHT and metadata are always held)."""
+        return len(self._cache)
+
     def __enter__(self) -> ProtectedFile:
         return self
 
