@@ -12,10 +12,16 @@ import sys
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "run" and not sys.argv[2].startswith("-"):
+        import os
+
         from pylos.errors import PylosError
         from pylos.runtime.launcher import run
 
         try:
+            if os.path.isfile("Occlum.json"):  # in a workspace: APP is a path in the image
+                from pylos.workspace.launch import run_in_workspace
+
+                sys.exit(run_in_workspace(sys.argv[2], sys.argv[3:]))
             sys.exit(run(sys.argv[2], sys.argv[3:]))
         except PylosError as exc:
             print(f"ERROR: {exc}", file=sys.stderr)

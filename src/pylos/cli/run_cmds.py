@@ -12,9 +12,18 @@ import click
 @click.argument("app")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(app: str, args: tuple[str, ...]) -> None:
-    """Run APP in its enclave: APP.manifest.sgx + APP.sig, or APP.manifest (development)."""
+    """Run APP in its enclave: APP.manifest.sgx + APP.sig, or APP.manifest (development).
+
+    In a workspace (Occlum.json in the current directory) APP is a path inside the image.
+    """
+    import os
+
     from pylos.runtime.launcher import run
 
+    if os.path.isfile("Occlum.json"):
+        from pylos.workspace.launch import run_in_workspace
+
+        sys.exit(run_in_workspace(app, list(args)))
     sys.exit(run(app, list(args)))
 
 

@@ -29,6 +29,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pylos.errors import PylosError
 from pylos.runtime import seccomp
@@ -38,6 +39,11 @@ from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
 from pylos.runtime.syscalls import files, processes
 from pylos.runtime.syscalls.table import SYSCALLS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pylos.runtime.load import LoadedEnclave
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -308,12 +314,19 @@ def _namespace_creator(config: EnclaveConfig, plan: ViewPlan, newroot: str,
         status)
 
 
-def run(app: str, host_args: list[str]) -> int:
-    """Run APP in its enclave; returns the exit status a shell would report."""
+def run(app: str, host_args: list[str],
+        configure: Callable[[LoadedEnclave, EnclaveConfig], None] | None = None) -> int:
+    """Run APP in its enclave; returns the exit status a shell would report.
+
+    `configure` may adjust the resolved configuration of the verified enclave before anything
+    starts (a workspace's `pylos run /bin/app` sets the program, argv and environment).
+    """
     from pylos.runtime.load import load_enclave
 
     loaded = load_enclave(app)
     config = build_config(loaded.manifest, host_args, dict(os.environ), Path.cwd())
+    if configure is not None:
+        configure(loaded, config)
     log = Log(config)
     if not loaded.sgx_mode:
         log("warning", f"running {app} in development mode (unsigned manifest: no measurement, "

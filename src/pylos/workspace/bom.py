@@ -1,0 +1,468 @@
+"""Occlum's bill-of-materials files (`copy_bom`): parse, plan every operation, then apply.
+
+The whole plan is made before the image is touched: a missing source, a hash mismatch, an
+include cycle, an unknown key, a destination leaving the root or a missing library of a
+`files` entry stops `copy-bom` with an error naming the bom and the entry, and the image stays
+as it was. Applying is incremental: a file whose destination already has the source's size
+and modification time is not copied again (copies keep the source's mtime). Files are
+written to a temporary name and renamed, so an interrupted run never leaves a torn file.
+
+Semantics follow Occlum's copy_bom (docs/occlum.md): relative sources are joined to the
+parent of `--root`, includes are found next to the including bom or in an include dir and
+applied before it, each bom runs mkdirs -> createlinks -> dirs -> files -> libraries, for one
+destination the first mkdir and the last link or file win, `dir/` copies the contents of
+`dir`, symlinks inside a copied directory are kept and links leaving it are replaced by what
+they point to. Dependencies of ELF files come from `elfdeps` (read, never executed).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pylos.errors import PylosError
+from pylos.workspace.elfdeps import DEFAULT_DIRS, Resolver
+
+MAX_BOMS = 100
+HASH = re.compile(r"^[0-9A-F]{64}$")
+TOP_KEYS = {"includes", "excludes", "targets"}
+TARGET_KEYS = {"target", "mkdirs", "createlinks", "copy"}
+LINK_KEYS = {"src", "linkname"}
+COPY_KEYS = {"from", "dirs", "files"}
+FILE_KEYS = {"name", "hash", "autodep", "rename"}
+OCCLUM_GLIBC = "/opt/occlum/glibc/lib/"
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def default_include_dirs() -> list[Path]:
+    """The templates shipped with pylos (Occlum's /opt/occlum/etc/template)."""
+    return [TEMPLATES]
+
+
+@dataclass
+class Op:
+    """One planned change of the image: `dest` is an absolute path inside it."""
+
+    kind: str  # "mkdir", "link", "copy"
+    dest: str
+    source: str | None = None  # copy: host file; link: the link's text
+    origin: str = ""  # which bom entry asked for it (for messages)
+    unchanged: bool = False
+
+    def describe(self) -> str:
+        if self.kind == "mkdir":
+            return f"mkdir   {self.dest}"
+        if self.kind == "link":
+            return f"link    {self.dest} -> {self.source}"
+        state = "unchanged" if self.unchanged else "copy"
+        return f"{state:<9}{self.source} -> {self.dest}"
+
+
+@dataclass
+class Plan:
+    root: Path
+    ops: dict[str, Op] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, op: Op) -> None:
+        previous = self.ops.get(op.dest)
+        if op.kind == "mkdir" and previous is not None:
+            return  # the first mkdir wins; an existing link or file stays
+        if previous is not None:
+            del self.ops[previous.dest]  # the last link/file wins, in its own position
+        self.ops[op.dest] = op
+
+    def summary(self) -> str:
+        copies = [o for o in self.ops.values() if o.kind == "copy"]
+        fresh = sum(1 for o in copies if not o.unchanged)
+        return (f"{len(self.ops)} operations: {fresh} files to copy, "
+                f"{len(copies) - fresh} unchanged")
+
+
+def _inside(target: str, name: str, where: str) -> str:
+    """`target/name` as an absolute in-image path; refuses anything that climbs above `/`."""
+    if not isinstance(name, str) or not name:
+        raise PylosError(f"{where}: expected a non-empty path, got {name!r}")
+    parts: list[str] = []
+    for part in f"{target}/{name}".split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise PylosError(f"{where}: '{target}' + '{name}' leaves the image root")
+            parts.pop()
+        else:
+            parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def _check_keys(value: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(value, dict):
+        raise PylosError(f"{where}: expected a mapping, got {value!r}")
+    for key in value:
+        if key not in allowed:
+            raise PylosError(f"{where}.{key}: unknown key (expected one of "
+                             f"{', '.join(sorted(allowed))})")
+
+
+def _list(value: Any, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise PylosError(f"{where}: expected a list, got {value!r}")
+    return value
+
+
+def _load_bom(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise PylosError(f"cannot read bom '{path}': {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise PylosError(f"bom '{path}': invalid YAML: {exc}") from None
+    data = {} if data is None else data
+    _check_keys(data, TOP_KEYS, str(path))
+    return data
+
+
+def _find_include(name: str, including: Path, include_dirs: list[Path]) -> Path:
+    for directory in [including.parent, *include_dirs]:
+        candidate = directory / name
+        if candidate.is_file():
+            return candidate.resolve()
+    searched = ", ".join(str(d) for d in [including.parent, *include_dirs])
+    raise PylosError(f"bom '{including}': included bom '{name}' not found (searched {searched})")
+
+
+def ordered_boms(top: Path, include_dirs: list[Path]) -> list[tuple[Path, dict]]:
+    """Every bom to apply, includes before the boms that include them; cycles are errors."""
+    loaded: dict[Path, dict] = {}
+    order: list[Path] = []
+
+    def visit(path: Path, stack: list[Path]) -> None:
+        if path in stack:
+            cycle = " -> ".join(p.name for p in [*stack[stack.index(path):], path])
+            raise PylosError(f"bom include cycle: {cycle}")
+        if path in loaded:
+            return
+        if len(loaded) >= MAX_BOMS:
+            raise PylosError(f"more than {MAX_BOMS} boms included from '{top}'")
+        data = _load_bom(path)
+        loaded[path] = data
+        for i, name in enumerate(_list(data.get("includes"), f"{path}: includes")):
+            if not isinstance(name, str):
+                raise PylosError(f"{path}: includes[{i}]: expected a file name, got {name!r}")
+            visit(_find_include(name, path, include_dirs), [*stack, path])
+        order.append(path)
+
+    if not top.is_file():
+        raise PylosError(f"bom file '{top}' does not exist")
+    visit(top.resolve(), [])
+    return [(path, loaded[path]) for path in order]
+
+
+class Planner:
+    def __init__(self, root: Path, include_dirs: list[Path],
+                 resolver: Resolver | None = None) -> None:
+        self.root = root.absolute()
+        self.base = self.root.parent  # relative sources are joined to the parent of --root
+        self.include_dirs = include_dirs
+        self.resolver = resolver or Resolver()
+        self.plan = Plan(self.root)
+        self._required_libs: list[tuple[str, str]] = []  # (missing name, where)
+
+    # ---- sources ----------------------------------------------------------------------
+    def source(self, prefix: str | None, name: str, where: str) -> str:
+        name = os.path.expandvars(name)
+        if prefix is not None:
+            prefix = os.path.expandvars(prefix)
+            path = os.path.join(prefix, name)
+        else:
+            path = name
+        if not path.startswith("/"):
+            path = os.path.join(self.base, path)
+        path = os.path.normpath(path) + ("/" if name.endswith("/") else "")
+        if path.startswith(OCCLUM_GLIBC) and not os.path.exists(path):
+            host = self._host_glibc(path[len(OCCLUM_GLIBC):])
+            if host is None:
+                raise PylosError(f"{where}: '{path}' is part of Occlum's own glibc, which pylos "
+                                 "does not use, and the host has no library of that name (pylos "
+                                 "runs the host's glibc)")
+            return host
+        if path.startswith("/opt/occlum/") and not os.path.exists(path):
+            raise PylosError(f"{where}: '{path}' is an Occlum installation path; pylos has no "
+                             "/opt/occlum (use the host's files instead)")
+        if not os.path.lexists(path.rstrip("/") or "/"):
+            raise PylosError(f"{where}: source '{path}' does not exist")
+        return path
+
+    @staticmethod
+    def _host_glibc(name: str) -> str | None:
+        for directory in DEFAULT_DIRS:
+            candidate = os.path.join(directory, name)
+            if os.path.isfile(candidate):
+                return candidate
+        return None
+
+    # ---- destinations -----------------------------------------------------------------
+    def host_of(self, dest: str) -> Path:
+        return self.root / dest.lstrip("/") if dest != "/" else self.root
+
+    def check_dest(self, dest: str, where: str) -> None:
+        """No existing component of `dest` in the image may be a symlink (writes would follow
+        it out of the image)."""
+        current = self.root
+        for part in [p for p in dest.split("/") if p][:-1]:
+            current = current / part
+            if current.is_symlink():
+                raise PylosError(f"{where}: destination '{dest}' passes through the symbolic "
+                                 f"link '{current}' in the image; pylos does not write through "
+                                 "links")
+
+    def mkdir(self, dest: str, where: str) -> None:
+        self.check_dest(dest, where)
+        host = self.host_of(dest)
+        if os.path.lexists(host) and not host.is_dir():
+            raise PylosError(f"{where}: cannot create directory '{dest}': a file exists there")
+        self.plan.add(Op("mkdir", dest, origin=where, unchanged=host.is_dir()))
+
+    def copy_file(self, source: str, dest: str, where: str, expected: str | None = None,
+                  autodep: bool = True, strict_deps: bool = True) -> None:
+        self.check_dest(dest, where)
+        real = os.path.realpath(source)  # rsync -L: the file the link points to
+        if not os.path.isfile(real):
+            raise PylosError(f"{where}: source '{source}' is not a regular file")
+        if expected is not None:
+            with open(real, "rb") as f:
+                actual = hashlib.file_digest(f, "sha256").hexdigest().upper()
+            if actual != expected:
+                raise PylosError(f"{where}: hash mismatch for '{source}': the bom says "
+                                 f"{expected}, the file's SHA-256 is {actual}")
+        host = self.host_of(dest)
+        if host.is_dir() and not host.is_symlink():
+            raise PylosError(f"{where}: cannot copy '{source}' to '{dest}': a directory exists "
+                             "there")
+        st = os.stat(real)
+        unchanged = False
+        try:
+            dst = os.lstat(host)
+            unchanged = (stat.S_ISREG(dst.st_mode) and dst.st_size == st.st_size
+                         and dst.st_mtime_ns == st.st_mtime_ns)
+        except OSError:
+            pass
+        self.plan.add(Op("copy", dest, real, where, unchanged))
+        if autodep:
+            self.autodep(real, where, strict_deps)
+
+    def autodep(self, path: str, where: str, strict: bool) -> None:
+        deps = self.resolver.resolve(path)
+        if deps is None:
+            return
+        if deps.interp is not None and deps.interp_host is not None:
+            self.copy_file(deps.interp_host, deps.interp, f"{where} (loader of {path})",
+                           autodep=False)
+        loader_dir = (os.path.dirname(os.path.realpath(deps.interp_host))
+                      if deps.interp_host else "/lib")
+        for lib, kind in deps.libraries.items():
+            directory = os.path.dirname(lib)
+            # The enclave has no ld.so.cache: a library found through ld.so.conf outside the
+            # loader's built-in directories goes next to the loader, as Occlum does.
+            if kind == "conf" and directory not in DEFAULT_DIRS:
+                dest = os.path.join(loader_dir, os.path.basename(lib))
+            else:
+                dest = lib
+            self.copy_file(lib, dest, f"{where} (library of {path})", autodep=False)
+        for name, needed_by in deps.missing:
+            message = f"{where}: library '{name}' needed by '{needed_by}' not found on the host"
+            if strict:
+                self._required_libs.append((name, message))
+            else:
+                self.plan.warnings.append(message)
+
+    def link(self, dest: str, text: str, where: str) -> None:
+        self.check_dest(dest, where)
+        if self.host_of(dest).is_dir() and not self.host_of(dest).is_symlink():
+            raise PylosError(f"{where}: cannot create link '{dest}': a directory exists there")
+        self.plan.add(Op("link", dest, text, where))
+
+    def copy_dir(self, source: str, dest_dir: str, where: str, excludes: list[str]) -> None:
+        """rsync -ar --copy-unsafe-links `source` (a dir; trailing / = its contents)."""
+        top = source.rstrip("/") or "/"
+        if not os.path.isdir(top):
+            raise PylosError(f"{where}: '{source}' is not a directory")
+        if not source.endswith("/"):
+            dest_dir = _inside(dest_dir, os.path.basename(top), where)
+        self.mkdir(dest_dir, where)
+        self._walk(top, top, dest_dir, where, excludes)
+
+    def _walk(self, tree: str, directory: str, dest_dir: str, where: str,
+              excludes: list[str]) -> None:
+        real_tree = os.path.realpath(tree)
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            rel = os.path.relpath(entry.path, tree)
+            if _excluded(rel, entry.name, excludes):
+                continue
+            dest = _inside(dest_dir, entry.name, where)
+            if entry.is_symlink():
+                target = os.readlink(entry.path)
+                resolved = os.path.realpath(entry.path)
+                if not target.startswith("/") and (resolved == real_tree or resolved.startswith(
+                        real_tree + "/")):
+                    self.link(dest, target, where)  # stays inside the copied tree: kept
+                elif os.path.isdir(resolved):
+                    self.mkdir(dest, where)
+                    self._walk(resolved, resolved, dest, where, excludes)
+                elif os.path.isfile(resolved):
+                    self.copy_file(resolved, dest, where, strict_deps=False)
+                else:
+                    self.plan.warnings.append(f"{where}: dangling link '{entry.path}' skipped")
+            elif entry.is_dir():
+                self.mkdir(dest, where)
+                self._walk(tree, entry.path, dest, where, excludes)
+            elif entry.is_file():
+                self.copy_file(entry.path, dest, where, strict_deps=False)
+
+    # ---- one bom ------------------------------------------------------------------------
+    def bom(self, path: Path, data: dict) -> None:
+        excludes = [str(x) for x in _list(data.get("excludes"), f"{path}: excludes")]
+        targets = _list(data.get("targets"), f"{path}: targets")
+        for t, target in enumerate(targets):
+            where = f"{path.name}: targets[{t}]"
+            _check_keys(target, TARGET_KEYS, where)
+            base = target.get("target")
+            if not isinstance(base, str) or not base:
+                raise PylosError(f"{where}.target: expected a path inside the image")
+            base = _inside("/", base, f"{where}.target")
+            self.mkdir(base, where)
+            for i, name in enumerate(_list(target.get("mkdirs"), f"{where}.mkdirs")):
+                self.mkdir(_inside(base, name, f"{where}.mkdirs[{i}]"), f"{where}.mkdirs[{i}]")
+            for i, link in enumerate(_list(target.get("createlinks"), f"{where}.createlinks")):
+                lwhere = f"{where}.createlinks[{i}]"
+                _check_keys(link, LINK_KEYS, lwhere)
+                if not isinstance(link.get("src"), str) or not isinstance(
+                        link.get("linkname"), str):
+                    raise PylosError(f"{lwhere}: needs 'src' and 'linkname' strings")
+                self.link(_inside(base, link["linkname"], lwhere), link["src"], lwhere)
+            copies = _list(target.get("copy"), f"{where}.copy")
+            for i, entry in enumerate(copies):
+                cwhere = f"{where}.copy[{i}]"
+                _check_keys(entry, COPY_KEYS, cwhere)
+                prefix = entry.get("from")
+                if prefix is not None and not isinstance(prefix, str):
+                    raise PylosError(f"{cwhere}.from: expected a path")
+                dirs, files = entry.get("dirs"), entry.get("files")
+                if dirs is None and files is None:
+                    if prefix is None:
+                        raise PylosError(f"{cwhere}: needs 'from', 'dirs' or 'files'")
+                    self.copy_dir(self.source(None, prefix.rstrip("/") + "/", cwhere), base,
+                                  cwhere, excludes)
+                for j, name in enumerate(_list(dirs, f"{cwhere}.dirs")):
+                    dwhere = f"{cwhere}.dirs[{j}]"
+                    if not isinstance(name, str):
+                        raise PylosError(f"{dwhere}: expected a directory name")
+                    self.copy_dir(self.source(prefix, name, dwhere), base, dwhere, excludes)
+            for i, entry in enumerate(copies):
+                cwhere = f"{where}.copy[{i}]"
+                for j, item in enumerate(_list(entry.get("files"), f"{cwhere}.files")):
+                    self._file(base, entry.get("from"), item, f"{cwhere}.files[{j}]")
+
+    def _file(self, base: str, prefix: str | None, item: Any, where: str) -> None:
+        if isinstance(item, str):
+            item = {"name": item}
+        _check_keys(item, FILE_KEYS, where)
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise PylosError(f"{where}.name: expected a file name")
+        expected = item.get("hash")
+        if expected is not None and (not isinstance(expected, str) or not HASH.match(expected)):
+            raise PylosError(f"{where}.hash: expected the SHA-256 as 64 upper-case hex digits, "
+                             f"got {expected!r}")
+        autodep = item.get("autodep", True)
+        if not isinstance(autodep, bool):
+            raise PylosError(f"{where}.autodep: expected true or false")
+        rename = item.get("rename")
+        if rename is not None and (not isinstance(rename, str) or "/" in rename or not rename):
+            raise PylosError(f"{where}.rename: expected a file name without '/'")
+        source = self.source(prefix, name, where)
+        dest = _inside(base, rename or os.path.basename(source.rstrip("/")), where)
+        self.copy_file(source, dest, where, expected, autodep)
+
+    def finish(self) -> Plan:
+        present = {os.path.basename(op.dest) for op in self.plan.ops.values()}
+        for name, message in self._required_libs:
+            if name.startswith("/"):
+                if any(op.dest == name for op in self.plan.ops.values()) or os.path.exists(
+                        self.host_of(name)):
+                    continue
+            elif name in present or any(self.root.rglob(name)):
+                continue
+            raise PylosError(message)
+        return self.plan
+
+
+def plan_bom(bom: Path, root: Path, include_dirs: list[Path]) -> Plan:
+    """Everything `copy-bom` would do, checked; the image is not touched."""
+    planner = Planner(root, [*include_dirs, *default_include_dirs()])
+    for path, data in ordered_boms(bom, include_dirs + default_include_dirs()):
+        planner.bom(path, data)
+    return planner.finish()
+
+
+def _excluded(rel: str, name: str, patterns: list[str]) -> bool:
+    """rsync --exclude, the common forms: a bare pattern matches any component's name; one
+    with a '/' matches the path relative to the copied directory (a leading '/' anchors)."""
+    for pattern in patterns:
+        pattern = pattern.rstrip("/")
+        if "/" in pattern:
+            if fnmatch.fnmatchcase(rel, pattern.lstrip("/")):
+                return True
+        elif fnmatch.fnmatchcase(name, pattern):
+            return True
+    return False
+
+
+def apply_plan(plan: Plan, log: Callable[[str], None] | None = None) -> int:
+    """Carry out `plan`; returns the number of files copied."""
+    root = plan.root
+    root.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for op in plan.ops.values():
+        host = root / op.dest.lstrip("/") if op.dest != "/" else root
+        if op.kind == "mkdir":
+            host.mkdir(parents=True, exist_ok=True)
+        elif op.kind == "link":
+            host.parent.mkdir(parents=True, exist_ok=True)
+            if os.path.lexists(host):
+                os.unlink(host)
+            os.symlink(op.source, host)
+        elif not op.unchanged:
+            host.parent.mkdir(parents=True, exist_ok=True)
+            _copy_atomic(op.source, host)
+            copied += 1
+        if log is not None and not (op.kind == "copy" and op.unchanged):
+            log(op.describe())
+    return copied
+
+
+def _copy_atomic(source: str, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.pylos-tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        shutil.copystat(source, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
