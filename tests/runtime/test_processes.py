@@ -68,13 +68,19 @@ def test_sigalrm_every_2ms_completes(make_enclave):
 
 
 def test_memory_beyond_enclave_size(make_enclave):
-    enclave = make_enclave("memhog", extra='sgx.enclave_size = "64M"\n')
+    enclave = make_enclave("memhog", extra='sgx.enclave_size = "64M"\n', log_level="warning")
     result = enclave.run("256")
     assert result.returncode == 1
     got = int(re.search(r"after (\d+) MiB", result.stdout).group(1))
     assert 0 < got < 64
+    # Announced at start, named when an allocation fails and when the program dies of it.
+    assert "enclave memory limit (sgx.enclave_size): 67108864 bytes" in result.stderr
+    assert re.search(r"out of enclave memory: process \d+ asked for \d+ MiB with \d+ MiB in "
+                     r"use \(sgx.enclave_size = 64 MiB\)", result.stderr), result.stderr
+    assert "the program ran out of enclave memory (sgx.enclave_size = 64 MiB)" in result.stderr
     enough = make_enclave("memhog", extra='sgx.enclave_size = "512M"\n').run("128")
     assert enough.returncode == 0 and "allocated 128 MiB" in enough.stdout
+    assert "out of enclave memory" not in enough.stderr
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -129,4 +135,4 @@ def test_racing_thread_never_execs_an_untrusted_binary(make_enclave, programs):
     result = enclave.run("/app", "/data/evil", "2000", timeout=300)
     assert result.returncode == 0, result.stderr
     tries, ran, refused, evil = map(int, re.findall(r"\d+", result.stdout))
-    assert tries == 2000 and evil == 0 and ran > 0
+    assert tries == 2000 and evil == 0 and ran > 0 and ran + refused == tries

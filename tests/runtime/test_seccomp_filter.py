@@ -82,3 +82,18 @@ def test_argument_rules_read_the_low_word_only():
         seccomp.errno_action(errno.EPERM))
     # Equality, not bits: TIOCGWINSZ shares every bit of TIOCSTI.
     assert run(PROGRAM, ioctl, args=(0, TIOCGWINSZ, 0, 0, 0, 0)) == seccomp.RET_ALLOW
+
+
+def test_size_rule_traps_only_large_anonymous_mmaps() -> None:
+    mmap = SYSCALLS["mmap"]
+    rule = seccomp.SizeRule(mmap, 3, 0x20, 1, 1 << 20, seccomp.RET_USER_NOTIF)
+    program = seccomp.build_filter({}, [rule])
+
+    def action(length: int, flags: int) -> int:
+        return run(program, mmap, args=(0, length, 3, flags, 2**64 - 1, 0))
+
+    assert action(1 << 20, 0x22) == seccomp.RET_USER_NOTIF
+    assert action(5 << 32, 0x22) == seccomp.RET_USER_NOTIF  # only the high word set
+    assert action((1 << 20) - 4096, 0x22) == seccomp.RET_ALLOW
+    assert action(1 << 30, 0x02) == seccomp.RET_ALLOW  # file mappings are not trapped
+    assert run(program, SYSCALLS["munmap"], args=(0, 1 << 30, 0, 0x22, 0, 0)) == seccomp.RET_ALLOW

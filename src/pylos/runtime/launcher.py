@@ -37,7 +37,7 @@ from pylos.runtime.config import EnclaveConfig, build_config
 from pylos.runtime.namespaces import Bind, ViewPlan, build_view, enter_user_namespace
 from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
-from pylos.runtime.syscalls import files, processes
+from pylos.runtime.syscalls import files, memory, processes
 from pylos.runtime.syscalls.table import SYSCALLS
 
 if TYPE_CHECKING:
@@ -102,7 +102,11 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
     rule = seccomp.ArgRule(clone, 0, ((CLONE_NAMESPACE_FLAGS, seccomp.errno_action(errno.EPERM)),
                                       (processes.CLONE_THREAD, thread_action)), process_action)
     actions.pop(clone, None)
-    rules = [rule]
+    rules: list[seccomp.ArgRule | seccomp.SizeRule] = [rule]
+    if SYSCALLS["mmap"] not in actions:
+        rules.append(seccomp.SizeRule(SYSCALLS["mmap"], 3, memory.MAP_ANONYMOUS, 1,
+                                      memory.LARGE_MMAP, seccomp.RET_USER_NOTIF))
+        handlers[SYSCALLS["mmap"]] = memory.handle_large_mmap
     if SYSCALLS["ioctl"] not in actions:  # a mocked ioctl never reaches the terminal
         rules.append(seccomp.ArgRule(
             SYSCALLS["ioctl"], 1,
@@ -424,6 +428,9 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
         os.close(listener.fd)
         policy.trusted.save_cache()
     _, status = os.waitpid(creator, 0)
+    if supervisor.out_of_memory and status != 0:
+        log("error", f"the program ran out of enclave memory (sgx.enclave_size = "
+            f"{config.enclave_size >> 20} MiB); raise sgx.enclave_size if it needs more")
     if os.isatty(0):
         _restore_foreground()
     return _exit_code(status)

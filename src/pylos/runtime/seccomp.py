@@ -70,16 +70,49 @@ class ArgRule:
     otherwise: int
     equals: bool = False
 
+    def block(self) -> list[tuple[int, int, int, int]]:
+        block = [(LD_W_ABS, 0, 0, off_arg(self.arg))]
+        test = JEQ_K if self.equals else JSET_K
+        for value, action in self.checks:
+            block += [(test, 0, 1, value), (RET_K, 0, 0, action)]
+        block.append((RET_K, 0, 0, self.otherwise))
+        return block
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """For syscall `nr`: `action` when `args[flag_arg]` has a bit of `flags` set and the whole
+    64-bit `args[size_arg]` is at least `minimum` (< 2**32); else allow."""
+
+    nr: int
+    flag_arg: int
+    flags: int
+    size_arg: int
+    minimum: int
+    action: int
+
+    def block(self) -> list[tuple[int, int, int, int]]:
+        return [
+            (LD_W_ABS, 0, 0, off_arg(self.flag_arg)),
+            (JSET_K, 0, 5, self.flags),  # flag clear: allow
+            (LD_W_ABS, 0, 0, off_arg(self.size_arg) + 4),
+            (JEQ_K, 0, 2, 0),  # high word set: at least 4 GiB
+            (LD_W_ABS, 0, 0, off_arg(self.size_arg)),
+            (JGE_K, 0, 1, self.minimum),
+            (RET_K, 0, 0, self.action),
+            (RET_K, 0, 0, RET_ALLOW),
+        ]
+
 
 def errno_action(err: int) -> int:
     return RET_ERRNO | (err & 0xFFFF)
 
 
-def build_filter(actions: dict[int, int], arg_rules: Iterable[ArgRule] = ()) -> bytes:
+def build_filter(actions: dict[int, int], arg_rules: Iterable[ArgRule | SizeRule] = ()) -> bytes:
     """Assemble the filter: arch check, x32/unknown -> ENOSYS, per-number actions, else allow.
 
     `actions` maps a syscall number to its return action; numbers with an `ArgRule` decide on
-    one argument's bits. Only the number and (for arg rules) one argument are read, so the
+    their arguments. Only the number and (for arg rules) arguments are read, so the
     kernel's per-number cache can skip the filter for every always-allowed call.
     """
     prog: list[tuple[int, int, int, int]] = [
@@ -93,11 +126,7 @@ def build_filter(actions: dict[int, int], arg_rules: Iterable[ArgRule] = ()) -> 
         (RET_K, 0, 0, errno_action(errno.ENOSYS)),
     ]
     for rule in arg_rules:
-        block = [(LD_W_ABS, 0, 0, off_arg(rule.arg))]
-        test = JEQ_K if rule.equals else JSET_K
-        for value, action in rule.checks:
-            block += [(test, 0, 1, value), (RET_K, 0, 0, action)]
-        block.append((RET_K, 0, 0, rule.otherwise))
+        block = rule.block()
         # Another number skips the block with the accumulator still holding the number.
         prog += [(JEQ_K, 0, len(block), rule.nr), *block]
     for nr, action in sorted(actions.items()):
