@@ -59,11 +59,11 @@ class Op:
 
     def describe(self) -> str:
         if self.kind == "mkdir":
-            return f"mkdir   {self.dest}"
+            return f"mkdir     {self.dest}"
         if self.kind == "link":
-            return f"link    {self.dest} -> {self.source}"
+            return f"link      {self.dest} -> {self.source}"
         state = "unchanged" if self.unchanged else "copy"
-        return f"{state:<9}{self.source} -> {self.dest}"
+        return f"{state:<10}{self.source} -> {self.dest}"
 
 
 @dataclass
