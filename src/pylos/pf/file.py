@@ -251,7 +251,7 @@ class ProtectedFile:
                 length = os.fstat(fd).st_size
                 node = os.pread(fd, NODE_SIZE, 0)
                 version, flags = parse_header(node, what)
-        elif not readonly:
+        if not readonly:  # the flag is clear now: any recovery file is spent or stale
             cls._remove_stale_journals(recovery_path, host_path_of(fd))
         md = open_metadata(node, key, path, what)
         expected = physical_size(md.size)
@@ -289,26 +289,26 @@ class ProtectedFile:
         _write_nodes(fd, nodes)
         os.fsync(fd)
         if metadata:
+            # Written with the flag still set, so a torn write here is replayed again.
             node = bytearray(metadata[-1])
-            if node[8] == VERSION_V2:
-                node[HDR_FLAGS] &= ~FLAG_HAS_PENDING_WRITE
             md = open_metadata(bytes(node), key, None, f"{what} (recovery file)")
+            if node[8] == VERSION_V2:
+                node[HDR_FLAGS] |= FLAG_HAS_PENDING_WRITE
             _pwrite_all(fd, node, 0)
             os.ftruncate(fd, physical_size(md.size))
-        else:
+            os.fsync(fd)
+        if os.pread(fd, NODE_SIZE, 0)[8] == VERSION_V2:
             _pwrite_all(fd, b"\0", HDR_FLAGS)
-        os.fsync(fd)
+            os.fsync(fd)
 
     @staticmethod
     def _remove_stale_journals(recovery_path: str | None, host: str | None) -> None:
-        # With the flag clear, any recovery file is left over from a flush that crashed before
-        # committing; it must not be mistaken for the journal of a later interrupted flush.
+        # With the flag clear, a recovery file is either replayed already or left over from a
+        # flush that crashed before committing; it must not be mistaken for the journal of a
+        # later interrupted flush.
         for name in _journal_candidates(recovery_path, host):
-            try:
-                if os.path.getsize(name):
-                    os.unlink(name)
-            except FileNotFoundError:
-                pass
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -610,8 +610,11 @@ class ProtectedFile:
             os.fsync(journal)
             if self._disk_version == VERSION_V2:
                 _pwrite_all(fd, bytes((FLAG_HAS_PENDING_WRITE,)), HDR_FLAGS)
-            else:  # v1 or no PF yet: no flag byte to set, so the new node carries the flag
-                _pwrite_all(fd, flagged, 0)
+            else:
+                # v1 (or not a PF yet) has no flag byte: set one by writing the new node's first
+                # sector, a write disks do atomically. The rest of node 0 is garbage until the
+                # in-place step, but with the flag set an open replays the journal anyway.
+                _pwrite_all(fd, flagged[:512], 0)
             self._disk_version = VERSION_V2
             os.fsync(fd)
             metadata_in_place = bytes(flagged)
