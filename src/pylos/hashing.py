@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -103,6 +102,8 @@ class HashCache:
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` so readers see the old file or the new one, never a torn one."""
+    import tempfile  # here: costs `pylos run` a few ms at start otherwise
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -80,6 +78,9 @@ def runtimedir(libc: str = "glibc") -> Path:
 
 def _populate_runtimedir(target: Path) -> None:
     """Copy the host's glibc runtime into `target` atomically (a temp dir renamed into place)."""
+    import shutil  # here, not at the top: `pylos run` never needs them
+    import tempfile
+
     source = _host_glibc_dir()
     names = sorted({p.name for pattern in GLIBC_RUNTIME_PATTERNS for p in source.glob(pattern)})
     try:

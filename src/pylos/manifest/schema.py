@@ -8,7 +8,6 @@ reported with its dotted path (`sgx.trusted_files[2].sha256`), all of them at on
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,6 +133,8 @@ class Table:
             rule(value, path, errors)
 
     def _suggest(self, key: str, path: str) -> str:
+        import difflib  # only when reporting an unknown key
+
         close = difflib.get_close_matches(key, self.fields, n=1, cutoff=0.7)
         return f" (did you mean '{_join(path, close[0])}'?)" if close else ""
 

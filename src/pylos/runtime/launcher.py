@@ -372,14 +372,15 @@ def run(app: str, host_args: list[str],
     child_end.close()
     init_staging_end.close()
     try:
-        return _supervise(config, log, handlers, supervisor_end, creator, Stager(staging_end))
+        return _supervise(config, log, handlers, supervisor_end, creator, Stager(staging_end),
+                          loaded.digest)
     finally:
         os.rmdir(newroot)
 
 
 def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.socket,
-               creator: int, stager: Stager) -> int:
-    from pylos.hashing import HashCache
+               creator: int, stager: Stager, manifest_digest: str) -> int:
+    from pylos.hashing import HashCache, cache_dir
     from pylos.runtime.policy import FilePolicy, TrustedFiles
     from pylos.runtime.supervisor import Supervisor
 
@@ -418,7 +419,10 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
     _join_user_namespace(creator)
     listener = seccomp.Listener(fds[0])
     listener.enable_sync_wake_up()
-    policy = FilePolicy(TrustedFiles(config.trusted, HashCache.default(), log,
+    # Verified hashes of the files this manifest's runs used, not the global cache of
+    # `pylos manifest` (every file ever hashed: megabytes to load at each start).
+    verified = HashCache(cache_dir() / "manifests" / f"{manifest_digest}.verified.marshal")
+    policy = FilePolicy(TrustedFiles(config.trusted, verified, log,
                                      config.host_path_of),
                         set(view["writable"]), set(view["private"]), config.allow_all_but_log, log)
     supervisor = Supervisor(listener, config, policy, log, handlers, root_fds[0], stager)

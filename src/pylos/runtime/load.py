@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 class LoadedEnclave:
     manifest: Manifest
     sgx_mode: bool
+    digest: str  # SHA-256 of the manifest file: names its caches
     mr_enclave: bytes | None = None
     mr_signer: bytes | None = None
     # SGX mode: the enclave as EREPORT/EGETKEY see it (its report body, report_data zero).
@@ -46,8 +47,7 @@ def app_base(app: str) -> str:
     return app
 
 
-def _parse_cached(data: bytes, source: str) -> Manifest:
-    digest = hashlib.sha256(data).hexdigest()
+def _parse_cached(data: bytes, source: str, digest: str) -> Manifest:
     cached = cache_dir() / "manifests" / f"{digest}.marshal"
     try:
         manifest = Manifest.__new__(Manifest)
@@ -79,8 +79,10 @@ def load_enclave(app: str) -> LoadedEnclave:
                              f"sign the manifest with `pylos sign -m {plain}`).")
         return _load_signed(signed, sig_path)
     if plain.exists():
-        manifest = _parse_cached(_read(plain), str(plain))
-        return LoadedEnclave(manifest, sgx_mode=False)
+        data = _read(plain)
+        digest = hashlib.sha256(data).hexdigest()
+        return LoadedEnclave(_parse_cached(data, str(plain), digest), sgx_mode=False,
+                             digest=digest)
     raise PylosError(f"Invalid application path specified ({signed} does not exist, nor does "
                      f"{plain}).")
 
@@ -103,7 +105,8 @@ def _load_signed(manifest_path: Path, sig_path: Path) -> LoadedEnclave:
         raise PylosError(f"'{sig_path}': {exc}") from None
     if not sigstruct.verify():
         raise PylosError(f"'{sig_path}': the SIGSTRUCT signature does not verify")
-    manifest = _parse_cached(data, str(manifest_path))
+    digest = hashlib.sha256(data).hexdigest()
+    manifest = _parse_cached(data, str(manifest_path), digest)
     recorded = manifest.data["loader"]["entrypoint"].get("sha256")
     if recorded != install.libos_hash():
         raise PylosError(
@@ -117,7 +120,7 @@ def _load_signed(manifest_path: Path, sig_path: Path) -> LoadedEnclave:
     attributes, _, misc_select = enclave_attributes(manifest)
     if (attributes, misc_select) != (sigstruct.attributes, sigstruct.misc_select):
         raise PylosError(f"'{sig_path}': attributes do not match the manifest's sgx options")
-    return LoadedEnclave(manifest, sgx_mode=True, mr_enclave=sigstruct.enclave_hash,
+    return LoadedEnclave(manifest, sgx_mode=True, digest=digest, mr_enclave=sigstruct.enclave_hash,
                          mr_signer=sigstruct.mr_signer(), identity=enclave_identity(sigstruct))
 
 
