@@ -2,8 +2,8 @@
 
 The physical layout puts every MHT node right before its 96 data nodes, so a file is processed
 one MHT group (up to 97 nodes, 388 KiB) per read or write. Per node only the unavoidable work is
-left in Python: a fresh AES-GCM key object and one `encrypt_into`/`decrypt_into` between
-preallocated buffers (no per-node bytes objects for the 4 KiB payloads).
+left in Python: a fresh AES-GCM key object and one AES-GCM call on a slice of a group-sized
+buffer; a group is read with one read and written with one pwritev.
 
 Decryption places each node's tag right after its ciphertext, as `decrypt_into` wants, by
 walking a group backwards: the 16 bytes overwritten belong to the next node, already decrypted.
@@ -72,9 +72,7 @@ def encrypt_stream(src: BinaryIO, size: int, dst_fd: int, key: bytes, path: str,
         progress(head)
     data_nodes, mht_nodes = data_node_count(size), mht_node_count(size)
     mhts = [bytearray(NODE_SIZE) for _ in range(mht_nodes)]
-    src_buf = bytearray(GROUP_BYTES)
-    src_view = memoryview(src_buf)
-    out_view = memoryview(bytearray(GROUP_BYTES + MAC_SIZE))
+    src_view = memoryview(bytearray(GROUP_BYTES))
     remaining = size - head
     for n in range(mht_nodes):
         count = min(DATA_SLOTS, data_nodes - DATA_SLOTS * n)
@@ -83,18 +81,15 @@ def encrypt_stream(src: BinaryIO, size: int, dst_fd: int, key: bytes, path: str,
         if want < count * NODE_SIZE:
             src_view[want:count * NODE_SIZE] = bytes(count * NODE_SIZE - want)
         keys = os.urandom(KEY_SIZE * count)
-        mht = mhts[n]
-        for i in range(count):
-            a = i * NODE_SIZE
-            k = keys[i * KEY_SIZE:(i + 1) * KEY_SIZE]
-            # the tag lands on the next node's first bytes: take it before that is encrypted
-            AESGCM(k).encrypt_into(IV, src_view[a:a + NODE_SIZE], None,
-                                   out_view[a:a + NODE_SIZE + MAC_SIZE])
-            s = i * SLOT_SIZE
-            mht[s:s + KEY_SIZE] = k
-            mht[s + KEY_SIZE:s + SLOT_SIZE] = out_view[a + NODE_SIZE:a + NODE_SIZE + MAC_SIZE]
-        _pwrite_all(dst_fd, out_view[:count * NODE_SIZE],
-                    (mht_node_physical(n) + 1) * NODE_SIZE)
+        slots: list[bytes] = []
+        nodes: list[memoryview] = []
+        for a in range(0, count * NODE_SIZE, NODE_SIZE):
+            k = keys[a >> 8:(a >> 8) + KEY_SIZE]  # a / NODE_SIZE * KEY_SIZE
+            sealed = AESGCM(k).encrypt(IV, src_view[a:a + NODE_SIZE], None)
+            slots += (k, sealed[NODE_SIZE:])
+            nodes.append(memoryview(sealed)[:NODE_SIZE])
+        mhts[n][:count * SLOT_SIZE] = b"".join(slots)
+        _pwritev_all(dst_fd, nodes, (mht_node_physical(n) + 1) * NODE_SIZE)
         remaining -= want
         if progress:
             progress(want)
@@ -188,6 +183,12 @@ def _decrypt_pending(src_fd: int, dst: BinaryIO, key: bytes, path: str | None, w
             if progress:
                 progress(len(data))
         return size
+
+
+def _pwritev_all(fd: int, buffers: list[memoryview], offset: int) -> None:
+    done = os.pwritev(fd, buffers, offset)
+    if done != NODE_SIZE * len(buffers):  # short write: finish the rest plainly
+        _pwrite_all(fd, b"".join(buffers)[done:], offset + done)
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
