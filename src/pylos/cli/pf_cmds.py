@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,16 +33,7 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
                   TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
                   transient=True) as bar:
         task = bar.add_task(label, total=total)
-        last = [0.0]
-
-        def advance(nbytes: int) -> None:
-            bar.advance(task, nbytes)
-            now = time.monotonic()
-            if now - last[0] > 0.1:  # redraws are expensive next to 400 KB of AES-GCM
-                last[0] = now
-                bar.refresh()
-
-        yield advance
+        yield lambda nbytes: bar.advance(task, nbytes)  # rich redraws from its own thread
 
 
 def _size_text(nbytes: int) -> str:

@@ -168,7 +168,14 @@ def plaintext_size(fd: int, key: bytes, path: str | None, *, recovery_path: str 
     node = os.pread(fd, NODE_SIZE, 0)
     _, flags = parse_header(node, what)
     if flags & FLAG_HAS_PENDING_WRITE:
-        records = _find_journal(recovery_path, host_path_of(fd), what)
+        try:
+            records = _find_journal(recovery_path, host_path_of(fd), what)
+        except PfError:
+            # a flush in another thread may have just finished and emptied its journal
+            node = os.pread(fd, NODE_SIZE, 0)
+            if parse_header(node, what)[1] & FLAG_HAS_PENDING_WRITE:
+                raise
+            records = []
         metadata = [n for phys, n in records if phys == 0]
         if metadata:
             node = metadata[-1]
@@ -650,7 +657,11 @@ class ProtectedFile:
             name = host + JOURNAL_SUFFIX
         if name != self._journal_name:
             self._drop_journal()
-            self._journal_fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                self._journal_fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise PfError(f"{self._what()}: cannot create its recovery file '{name}': "
+                              f"{exc.strerror}", "recovery") from None
             self._journal_name = name
             _fsync_dir(name)  # the journal must exist after a crash once the flag is set
         return self._journal_fd
