@@ -53,6 +53,7 @@ class TrustedFiles:
         self._cache = cache
         self._log = log
         self._copies: dict[FileKey, Verified] = {}
+        self._known: dict[tuple[int, int], tuple[str, str]] = {}  # inode -> (host, sha256)
         # (device, inode) of the copies staged in the view for exec (runtime/staging.py):
         # verified bytes on a read-only private tmpfs.
         self.staged: set[tuple[int, int]] = set()
@@ -60,14 +61,21 @@ class TrustedFiles:
     def save_cache(self) -> None:
         self._cache.save()
 
-    def lookup(self, st: os.stat_result, view_path: str | None = None) -> tuple[str, str] | None:
+    def lookup(self, st: os.stat_result, fd: int | None = None) -> tuple[str, str] | None:
         """(host path, sha256) of the trusted file with this inode, if it is one.
 
-        Fast path: the canonical in-view path, mapped to the host by the mount table, is a
-        trusted path naming this very inode. Otherwise (the manifest spells the path another
-        way, e.g. through a symlinked directory) all trusted files are indexed by inode once.
+        Known inodes are answered from memory (the hash check on the bytes, not this lookup,
+        is what catches a changed file). Else, with the opened `fd`: its canonical in-view
+        path, mapped to the host by the mount table, is a trusted path naming this very
+        inode. Otherwise (the manifest spells the path another way, e.g. through a symlinked
+        directory) all trusted files are indexed by inode once.
         """
-        if view_path is not None:
+        inode = (st.st_dev, st.st_ino)
+        known = self._known.get(inode)
+        if known is not None:
+            return known
+        if fd is not None:
+            view_path = os.readlink(f"/proc/self/fd/{fd}")
             host = self._host_path_of(view_path)
             digest = self._expected_by_path.get(host) if host else None
             if digest is not None:
@@ -75,7 +83,8 @@ class TrustedFiles:
                     found = os.stat(host)
                 except OSError:
                     found = None
-                if found is not None and (found.st_dev, found.st_ino) == (st.st_dev, st.st_ino):
+                if found is not None and (found.st_dev, found.st_ino) == inode:
+                    self._known[inode] = (host, digest)
                     return host, digest
         if self._by_inode is None:
             # Built on first need: stat-ing thousands of trusted files costs tens of ms.
@@ -86,7 +95,7 @@ class TrustedFiles:
                 except OSError:
                     continue  # a missing trusted file simply cannot be opened
                 self._by_inode.setdefault((host.st_dev, host.st_ino), (path, digest))
-        return self._by_inode.get((st.st_dev, st.st_ino))
+        return self._by_inode.get(inode)
 
     def verified_copy(self, fd: int, host_path: str, expected: str,
                       st: os.stat_result | None = None) -> Verified:
@@ -151,7 +160,7 @@ class FilePolicy:
                                   f"'{name}'")
             return fd  # a verified copy, immutable
         # Where the kernel actually opened it, as a canonical path in the view.
-        entry = self.trusted.lookup(st, os.readlink(f"/proc/self/fd/{fd}"))
+        entry = self.trusted.lookup(st, fd)
         if entry is not None:
             host_path, expected = entry
             if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):

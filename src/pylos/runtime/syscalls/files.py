@@ -136,8 +136,10 @@ def _waits(flags: int) -> bool:
 
 
 @functools.cache
+@functools.cache
 def _own_fds() -> int:
-    """The supervisor's /proc/self/fd (O_PATH): reopening by number resolves one component."""
+    """The supervisor's /proc/self/fd (O_PATH, opened once): reopening by number through it
+    resolves one component."""
     return os.open("/proc/self/fd", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
@@ -251,7 +253,7 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
         if served != fd:
             # A verified copy: a fresh open file description each time (own offset).
             os.close(fd)
-            fd = os.open(f"/proc/self/fd/{served}", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(str(served), os.O_RDONLY | os.O_CLOEXEC, dir_fd=_own_fds())
         elif pending:
             _finish_blocking_open(sup, n, fd, flags, name)
             fd = -1  # the thread owns it now

@@ -63,7 +63,7 @@ def verify_executable(sup: Supervisor, pid: int, fd: int, name: str, depth: int 
         content = fd  # staged earlier: verified bytes already
     else:
         view_path = os.readlink(f"/proc/self/fd/{fd}")
-        entry = trusted.lookup(st, view_path)
+        entry = trusted.lookup(st, fd)
         if entry is not None:
             content = trusted.verified_copy(fd, *entry, st).memfd
         elif sup.policy.allow_all_but_log:
