@@ -298,3 +298,72 @@ def test_sigkill_at_random_instants(tmp_path: Path) -> None:
         newer += content == states[acked + 1] and states[acked] != states[acked + 1]
         assert walk(path.read_bytes(), wrap_key())["plain"] == content
     assert newer  # some kills landed after a commit point but before the ack
+
+
+def _leave_pending(path: Path, bound: str, monkeypatch: pytest.MonkeyPatch,
+                   recovery_path: str | None) -> bytes:
+    """Write content, then crash a flush right after its commit point; return the content."""
+    fd = open_rw(path, create=True)
+    pf = ProtectedFile.open(fd, wrap_key(), bound, create=True, recovery_path=recovery_path)
+    pf.write(0, b"old" * 5000)
+    pf.flush()
+    new = b"new" * 7000
+    pf.write(0, new)
+    # steps: journal truncate, write, fsync, flag write, fsync <- crash: flag set, nothing in place
+    monkeypatch.setattr(pf_file, "os", FaultyOS(crash_at=4, mode="kill"))
+    with pytest.raises(Crash):
+        pf.flush()
+    monkeypatch.setattr(pf_file, "os", os)
+    os.close(pf._journal_fd)
+    os.close(fd)
+    assert path.read_bytes()[58] == 1
+    return new
+
+
+def test_recovery_file_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gramine's `<file>.gramine.recovery` (enable_recovery) and pylos' default journal are both
+    found at open, by plaintext_size too; a recovery file left by an uncommitted flush (flag
+    clear) is ignored and removed."""
+    path = tmp_path / "f"
+    for recovery in (str(path) + ".gramine.recovery", None):
+        new = _leave_pending(path, "f", monkeypatch, recovery)
+        journal = Path(recovery or str(path) + ".pylos-journal")
+        assert journal.stat().st_size > 0
+        fd = open_rw(path)
+        try:
+            assert pf_file.plaintext_size(fd, wrap_key(), "f") == len(new)
+            assert _read_all(fd, "f", readonly=True) == new
+            assert journal.exists()  # a read-only open replays in memory only
+            assert _read_all(fd, "f", readonly=False) == new  # recovery_path found by name
+            assert not journal.exists()
+        finally:
+            os.close(fd)
+    # stale: a complete journal whose flush never reached its commit point
+    new = _leave_pending(path, "f", monkeypatch, None)
+    stale = Path(str(path) + ".pylos-journal")
+    data = bytearray(path.read_bytes())
+    data[58] = 0  # as if the crash came before the flag was set
+    fd = open_rw(path)
+    try:
+        os.pwrite(fd, bytes(data[:4096]), 0)
+        old = _read_all(fd, "f", readonly=False)
+        assert old != new and not stale.exists()
+    finally:
+        os.close(fd)
+
+
+def test_create_over_existing_content_is_crash_safe(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "g"
+    path.write_bytes(b"not a protected file" * 1000)
+    fd = open_rw(path)
+    monkeypatch.setattr(pf_file, "os", FaultyOS(crash_at=4, mode="torn"))
+    with pytest.raises(Crash):
+        ProtectedFile.open(fd, wrap_key(), "g", create=True)
+    monkeypatch.setattr(pf_file, "os", os)
+    try:
+        assert path.read_bytes()[8:9] == b"\x02" and path.read_bytes()[58] == 1
+        assert _read_all(fd, "g", readonly=False) == b""  # replayed: the new, empty file
+        assert path.stat().st_size == 4096
+    finally:
+        os.close(fd)
