@@ -1,0 +1,183 @@
+"""Real servers in the enclave: each server example's `make check`, a long run of one server
+under 32 concurrent connections (the supervisor's memory must not grow), and the benchmark's
+smoke mode. Servers listen on free loopback ports and are stopped even when a test fails."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import EXAMPLES, PYLOS
+
+# name: (client tools `make check` needs, the last success line it prints)
+SERVERS = {
+    "redis": (("redis-server", "redis-cli", "redis-benchmark"), "[ Success 5/5 ]"),
+    "nginx": (("nginx", "curl", "wrk"), "[ Success 4/4 ]"),
+    "memcached": (("memcached", "memcslap"), "[ Success 3/3 ]"),
+    "lighttpd": (("lighttpd", "curl", "wrk"), "[ Success 4/4 ]"),
+    "python-http": (("curl", "wrk"), "[ Success 4/4 ]"),
+}
+BUILT = shutil.ignore_patterns("*.manifest", "*.manifest.sgx", "*.sig", "OUTPUT*", ".settings",
+                               "html", "data", "redis-server", "nginx.conf", "lighttpd.conf")
+
+
+def require(*tools: str) -> None:
+    path = f"{os.environ['PATH']}:/usr/sbin:/sbin"
+    missing = [tool for tool in tools if shutil.which(tool, path=path) is None]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: scripts/setup installs the server examples' "
+                    "Debian packages when run as root")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make(example: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`make ARGS` in its own process group, which is killed whatever happens (a check that
+    hangs must not leave its server behind)."""
+    env = {**os.environ, "PATH": f"{Path(PYLOS).parent}:{os.environ['PATH']}:/usr/sbin"}
+    process = subprocess.Popen(["make", *args], cwd=example, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("key") / "enclave-key.pem"
+    subprocess.run([PYLOS, "gen-key", str(path)], check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture
+def example(tmp_path: Path):
+    """A copy of an example's sources (and the tools its check sources), as a clone has them."""
+    def copy(name: str) -> Path:
+        shutil.copytree(EXAMPLES / "common_tools", tmp_path / "common_tools")
+        shutil.copytree(EXAMPLES / name, tmp_path / name, ignore=BUILT)
+        return tmp_path / name
+
+    return copy
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_server_example_check(name: str, example, key: Path) -> None:
+    tools, last = SERVERS[name]
+    require("make", *tools)
+    result = make(example(name), "SGX=1", f"SGX_SIGNER_KEY={key}", f"PORT={free_port()}",
+                  "check")
+    assert result.returncode == 0, result.stdout
+    assert last in result.stdout, result.stdout
+
+
+def vm_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def hammer(port: int, connections: int, requests: int, expected: bytes) -> list[str]:
+    """`requests` GETs over `connections` keep-alive connections at once; the errors."""
+    errors: list[str] = []
+    per_connection = [requests // connections + (i < requests % connections)
+                      for i in range(connections)]
+
+    def client(count: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            for _ in range(count):
+                conn.request("GET", "/index.html")
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200 or body != expected:
+                    errors.append(f"status {response.status}, {len(body)} bytes")
+        except OSError as exc:
+            errors.append(repr(exc))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in per_connection]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+@pytest.fixture
+def server_process() -> Iterator[list[subprocess.Popen]]:
+    """Processes started by a test, killed (process group) at its end whatever happened."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited: {process.stderr.read()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
+
+
+def test_ten_thousand_requests_from_32_connections(example, key, server_process,
+                                                   record_property) -> None:
+    """nginx without open_file_cache: every request opens the page, so every request is a
+    trapped open served by the supervisor. No request may fail, and the supervisor's memory
+    must not grow between a warm-up and the end of the run."""
+    require("make", "nginx")
+    nginx = example("nginx")
+    port = free_port()
+    built = make(nginx, "SGX=1", f"SGX_SIGNER_KEY={key}", f"PORT={port}", "OPEN_FILE_CACHE=0")
+    assert built.returncode == 0, built.stdout
+    assert not [line for line in (nginx / "nginx.conf").read_text().splitlines()
+                if line.strip().startswith("open_file_cache")]
+    page = (nginx / "html" / "index.html").read_bytes()
+    process = subprocess.Popen([PYLOS, "run", "nginx"], cwd=nginx, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    server_process.append(process)
+    wait_for_port(port, process)
+
+    assert hammer(port, 32, 1000, page) == []  # warm-up: caches and pools at their size
+    before = vm_rss_kib(process.pid)
+    errors = hammer(port, 32, 10_000, page)
+    after = vm_rss_kib(process.pid)
+    record_property("supervisor_rss_kib", f"{before} -> {after}")
+    print(f"\nsupervisor VmRSS: {before} KiB before, {after} KiB after 10000 requests")
+    assert errors == [], errors[:5]
+    # Python's allocator may keep a few pages more; a leak per request would be megabytes.
+    assert after - before < 1024, f"supervisor RSS grew from {before} to {after} KiB"
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0, process.stderr.read()
+
