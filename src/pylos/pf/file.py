@@ -27,12 +27,17 @@ import threading
 from collections import OrderedDict
 from types import TracebackType
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from pylos.errors import PylosError
 from pylos.pf.format import (
     DATA_SLOTS,
     FLAG_HAS_PENDING_WRITE,
     HDR_FLAGS,
+    IV,
     KEY_SIZE,
+    MAC_SIZE,
     MD_DATA,
     MD_USER_DATA_SIZE,
     NODE_SIZE,
@@ -348,20 +353,23 @@ class ProtectedFile:
             end = min(size, offset + length)
             if offset >= end:
                 return b""
-            parts = []
+            parts: list[bytes | memoryview] = []
             pos = offset
             if pos < MD_USER_DATA_SIZE:
                 stop = min(end, MD_USER_DATA_SIZE)
                 parts.append(bytes(self._md.plain[MD_DATA + pos:MD_DATA + stop]))
                 pos = stop
+            window = max(1, self._capacity // 2)
             while pos < end:
-                rel = pos - MD_USER_DATA_SIZE
-                within = rel % NODE_SIZE
-                n = min(end - pos, NODE_SIZE - within)
-                node = self._data(rel // NODE_SIZE, whole=False)
-                parts.append(bytes(node.plain[within:within + n]))
-                pos += n
-            self._trim()
+                first = (pos - MD_USER_DATA_SIZE) // NODE_SIZE
+                last = min((end - 1 - MD_USER_DATA_SIZE) // NODE_SIZE, first + window - 1)
+                self._prefetch(first, last)
+                for d in range(first, last + 1):
+                    within = pos - MD_USER_DATA_SIZE - d * NODE_SIZE
+                    n = min(end - pos, NODE_SIZE - within)
+                    parts.append(memoryview(self._data(d, whole=False).plain)[within:within + n])
+                    pos += n
+                self._trim()
             return b"".join(parts)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
@@ -511,6 +519,48 @@ class ProtectedFile:
             node = _Node(_DATA, d, phys, bytearray(plain))
         self._cache[phys] = node
         return node
+
+    def _prefetch(self, first: int, last: int) -> None:
+        """Load the uncached on-disk data nodes among first..last, one read per run of
+        physically consecutive nodes (a run stays under one MHT node)."""
+        d = first
+        last = min(last, self._disk_data - 1)
+        while d <= last:
+            if data_node_physical(d) in self._cache:
+                d += 1
+                continue
+            run_end = min(last, d - d % DATA_SLOTS + DATA_SLOTS - 1)
+            e = d
+            while e < run_end and data_node_physical(e + 1) not in self._cache:
+                e += 1
+            if self._overlay is None:
+                self._load_run(d, e)
+            d = e + 1
+
+    def _load_run(self, first: int, last: int) -> None:
+        parent = self._mht(first // DATA_SLOTS).plain
+        count = last - first + 1
+        phys = data_node_physical(first)
+        view = memoryview(bytearray(count * NODE_SIZE + MAC_SIZE))
+        got = os.preadv(self._fd, [view[:count * NODE_SIZE]], phys * NODE_SIZE)
+        self.node_reads += count
+        if got != count * NODE_SIZE:
+            raise PfError(f"{self._what()}: node {phys + got // NODE_SIZE} is missing (the host "
+                          "file was truncated)", "size")
+        # backwards, so each tag can follow its ciphertext over the next (done) node's start
+        for i in reversed(range(count)):
+            a = i * NODE_SIZE
+            slot = data_slot(first + i)
+            view[a + NODE_SIZE:a + NODE_SIZE + MAC_SIZE] = parent[slot + KEY_SIZE:slot + SLOT_SIZE]
+            plain = bytearray(NODE_SIZE)
+            try:
+                AESGCM(bytes(parent[slot:slot + KEY_SIZE])).decrypt_into(
+                    IV, view[a:a + NODE_SIZE + MAC_SIZE], None, plain)
+            except InvalidTag:
+                raise PfError(f"{self._what()}: data node {first + i} (node {phys + i}): MAC "
+                              "mismatch (the file was modified or corrupted)",
+                              f"node {phys + i} MAC") from None
+            self._cache[phys + i] = _Node(_DATA, first + i, phys + i, plain)
 
     def _mark_dirty(self, node: _Node) -> None:
         if node.dirty:
