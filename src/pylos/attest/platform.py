@@ -16,14 +16,20 @@ import secrets
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pylos.errors import PylosError
 from pylos.hashing import write_atomic
 from pylos.install import pkglibdir
 
+if TYPE_CHECKING:
+    from pylos.attest.pki import SimulatedPki
+
 PLATFORM_DIR_ENV = "PYLOS_PLATFORM_DIR"
 SECRET_FILE = "platform-secret.bin"
 SECRET_SIZE = 32
+PKI_FILE = "sim-pki.json"  # attestation key, PCK chain and collateral signing keys
+COLLATERAL_FILE = "sim-collateral.json"  # re-issued when the verification time leaves it
 
 
 def platform_dir() -> Path:
@@ -78,3 +84,35 @@ class SimulatedPlatform:
                 f" expected {SECRET_SIZE}"
             )
         return data
+
+    @cached_property
+    def pki(self) -> SimulatedPki:
+        """The simulated provisioning: attestation key, PCK chain, collateral signing keys."""
+        from pylos.attest.pki import SimulatedPki, make_pki
+
+        data = self.read_or_create(PKI_FILE, lambda: make_pki(secrets.token_bytes(16)))
+        try:
+            return SimulatedPki.loads(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PylosError(f"simulated platform file '{self.root / PKI_FILE}' is damaged "
+                             f"({exc}); remove it to provision a new simulated PKI") from None
+
+    def collateral(self, now: int) -> str:
+        """Simulated collateral (QuoteCollateralV3 JSON) whose validity covers `now`: the stored
+        one, or a fresh one signed by the simulated PKI (as a PCCS would serve)."""
+        import datetime
+        import json
+
+        path = self.ensure_root() / COLLATERAL_FILE
+        try:
+            text = path.read_text()
+            info = json.loads(json.loads(text)["tcb_info"])
+            window = [int(datetime.datetime.strptime(info[k], "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=datetime.UTC).timestamp()) for k in ("issueDate", "nextUpdate")]
+            if window[0] <= now <= window[1]:
+                return text
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        text = self.pki.collateral(datetime.datetime.fromtimestamp(now, datetime.UTC))
+        write_atomic(path, text.encode(), mode=0o600)
+        return text
