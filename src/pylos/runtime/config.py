@@ -10,11 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pylos.errors import PylosError
 from pylos.manifest import Manifest, parse_size
 from pylos.manifest.schema import LOG_LEVELS
 from pylos.manifest.trusted import uri_to_path
+
+if TYPE_CHECKING:
+    from pylos.runtime.fs import FuseSetup
 
 DEFAULT_STACK = "256K"
 DEFAULT_BRK = "256K"
@@ -30,6 +34,7 @@ class Mount:
     host: str | None
     key_name: str = "default"
     enable_recovery: bool = False
+    bound: str | None = None  # encrypted: the path its files are bound to (Gramine's rule)
 
 
 @dataclass
@@ -60,6 +65,8 @@ class EnclaveConfig:
     mount_table: list[Mount] = field(default_factory=list)  # deepest path first
     insecure: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)  # to log once the log is set up
+    # Set by the launcher: the FUSE mounts (encrypted, /dev/attestation) and the key store.
+    fuse: FuseSetup = field(default=None)  # type: ignore[assignment]
 
     def host_path_of(self, path: str) -> str | None:
         """The host path behind a canonical in-view path, by the mount table (None: tmpfs)."""
@@ -93,8 +100,13 @@ def _mount(table: dict, key: str, cwd: Path, path: str) -> Mount:
         host = _host_path(uri, f"{key}.uri", cwd)
     if not path.startswith("/"):
         raise PylosError(f"{key}.path: must be an absolute path inside the enclave, got {path!r}")
+    bound = None
+    if kind == "encrypted":
+        from pylos.pf import normalize_path
+
+        bound = normalize_path(uri_to_path(uri, f"{key}.uri"))  # relative stays relative
     return Mount(kind, os.path.normpath(path), host, table.get("key_name", "default"),
-                 table.get("enable_recovery", False))
+                 table.get("enable_recovery", False), bound)
 
 
 def _read_nul_separated(uri: str, key: str, cwd: Path) -> list[str]:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from pylos.errors import PylosError
 from pylos.runtime import seccomp
 from pylos.runtime.config import EnclaveConfig, build_config
+from pylos.runtime.fs import FuseSetup, encrypted_is_file, fuse_mounts, mount_all, open_devices
 from pylos.runtime.namespaces import Bind, ViewPlan, build_view, enter_user_namespace
 from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
@@ -125,9 +126,15 @@ def view_plan(config: EnclaveConfig) -> ViewPlan:
                                         for a in writable_roots)
 
     entries: list[tuple[str, Bind | str]] = []
+    synthesized = {}
     for mount in config.mounts:
         if mount.type == "tmpfs":
             entries.append((mount.path, mount.path))
+        elif mount.type == "encrypted":  # a placeholder for init's FUSE mount (runtime/fs)
+            if encrypted_is_file(mount):
+                synthesized[mount.path] = b""
+            else:
+                entries.append((mount.path, mount.path))
         elif mount.type == "chroot":
             entries.append((mount.path, Bind(mount.host, mount.path, writable(mount.host))))
         else:
@@ -142,7 +149,6 @@ def view_plan(config: EnclaveConfig) -> ViewPlan:
                 break
     entries.sort(key=lambda item: item[0].count("/") if item[0] != "/" else 0)
     search = [d for d in config.env.get("LD_LIBRARY_PATH", "").split(":") if d]
-    synthesized = {}
     if config.extra_runtime_domain_names_conf:
         synthesized["/etc/resolv.conf"] = host_resolv_conf()
     return ViewPlan(
@@ -246,12 +252,21 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: b
     """
     _set_pdeathsig()
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    fuse = fuse_mounts(config)
+    fuse_fds, fuse_warnings = open_devices(fuse)  # in our user namespace, before pivot_root
     result = build_view(plan, newroot, config.start_dir)
+    fuse_ids = mount_all(fuse, fuse_fds, config.uid, config.gid)
     # The view's root travels as an fd: the supervisor never derives it from a TID (reusable).
     root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     socket.send_fds(channel, [marshal.dumps({"writable": result.writable_mount_ids,
-                                             "private": result.private_mount_ids})], [root])
+                                             "private": result.private_mount_ids + fuse_ids,
+                                             "warnings": fuse_warnings})], [root, *fuse_fds])
     os.close(root)
+    for fd in fuse_fds:
+        os.close(fd)
+    if any(config.start_dir.startswith(m.path.rstrip("/") + "/") or config.start_dir == m.path
+           for m in fuse):
+        os.chdir(config.start_dir)  # into the mount itself, now that it is served
     program = os.fork()
     if program == 0:
         try:
@@ -331,6 +346,7 @@ def run(app: str, host_args: list[str],
     config = build_config(loaded.manifest, host_args, dict(os.environ), Path.cwd())
     if configure is not None:
         configure(loaded, config)
+    config.fuse = FuseSetup.prepare(config, loaded.manifest.data, loaded.identity)
     log = Log(config)
     if not loaded.sgx_mode:
         log("warning", f"running {app} in development mode (unsigned manifest: no measurement, "
@@ -406,7 +422,7 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
     # would then stop us (SIGTTOU), or fail with EIO in an orphaned group. Ignored, they print.
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
 
-    message, root_fds, _, _ = socket.recv_fds(channel, 65536, 1)
+    message, root_fds, _, _ = socket.recv_fds(channel, 65536, 1 + len(config.fuse.mounts))
     view = marshal.loads(message) if message else {"error": "the enclave did not start"}
     if "error" in view:
         os.waitpid(creator, 0)
@@ -417,6 +433,9 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
         _, status = os.waitpid(creator, 0)
         return _exit_code(status)
     _join_user_namespace(creator)
+    for warning in view["warnings"]:
+        log("warning", warning)
+    config.fuse.start(root_fds[1:], root_fds[0], log)
     listener = seccomp.Listener(fds[0])
     listener.enable_sync_wake_up()
     # Verified hashes of the files this manifest's runs used, not the global cache of
@@ -432,6 +451,7 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
         os.close(listener.fd)
         policy.trusted.save_cache()
     _, status = os.waitpid(creator, 0)
+    config.fuse.stop()  # the enclave's mounts are gone: flush every encrypted file
     if supervisor.out_of_memory and status != 0:
         log("error", f"the program ran out of enclave memory (sgx.enclave_size = "
             f"{config.enclave_size >> 20} MiB); raise sgx.enclave_size if it needs more")
