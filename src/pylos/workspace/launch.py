@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pylos
 from pylos.errors import PylosError
 from pylos.workspace.enclave_server import entry_error, program_env
 
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 
 ENCLAVE = "build/enclave"
 CONFIG_URI = "file:build/pylos/config.marshal"
-SOCKET = "run/server/exec.sock"
+SOCKET_DIR = "run/server"
+SOCKET_NAME = "exec.sock"
+SOCKET = f"{SOCKET_DIR}/{SOCKET_NAME}"
 PID_FILE = "run/server.pid"
 LOG_FILE = "run/server.log"
 START_TIMEOUT = 60.0
@@ -87,8 +90,10 @@ def _request(ws: Path, message: dict, fds: list[int] | None = None,
     """Send one request; returns the connection and the reply (None if `timeout` is None:
     the caller waits for it)."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # Through a directory fd: a socket path is limited to 107 bytes, workspace paths are not.
+    directory = os.open(ws / SOCKET_DIR, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        conn.connect(str(ws / SOCKET))
+        conn.connect(f"/proc/self/fd/{directory}/{SOCKET_NAME}")
         socket.send_fds(conn, [marshal.dumps(message)], fds or [])
         if timeout is None:
             return conn, None
@@ -97,6 +102,8 @@ def _request(ws: Path, message: dict, fds: list[int] | None = None,
     except BaseException:
         conn.close()
         raise
+    finally:
+        os.close(directory)
 
 
 def _read_reply(conn: socket.socket) -> dict:
@@ -133,10 +140,15 @@ def start_server(ws: Path) -> int:
                          "`pylos stop` it first")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(ws / SOCKET)
+    # The daemon must run this very pylos (its LibOS hash is in the signed manifest), however
+    # this process found it (the `pylos` script sets sys.path itself).
+    package_parent = str(Path(pylos.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
     log = open(ws / LOG_FILE, "ab")  # noqa: SIM115 (handed to the daemon)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pylos.workspace.launch", str(ws)], cwd=ws,
+            [sys.executable, "-m", "pylos.workspace.launch", str(ws)], cwd=ws, env=env,
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     finally:
         log.close()
