@@ -36,7 +36,7 @@ def walk(data: bytes, key: bytes) -> dict:
     nonce, mac = data[10:42], data[42:58]
     md = AESGCM(metadata_key(key, nonce)).decrypt(bytes(12), data[blob_at:blob_at + 3884] + mac,
                                                   None)
-    path = md[:772].split(b"\0")[0].decode()
+    path = os.fsdecode(md[:772].split(b"\0")[0])
     (size,) = struct.unpack_from("<Q", md, 772)
     nodes = {0: "metadata"}
     slots: dict[int, list[int]] = {}

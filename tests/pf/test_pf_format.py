@@ -151,3 +151,21 @@ def test_modified_v1_file_is_written_back_as_v2(tmp_path: Path) -> None:
     assert data[8] == 2 and data[58] == 0
     assert walk(data, wrap_key())["plain"] == plain
     assert _structure(data) == _structure((GT / "enc_v2_large.pf").read_bytes())
+
+
+def test_non_utf8_bound_path(tmp_path: Path) -> None:
+    """Host names are bytes: a bound path that is not UTF-8 round-trips exactly."""
+    name = os.fsdecode(b"dir/\xff\xfe-name")
+    path = tmp_path / "f.pf"
+    fd = open_rw(path, create=True)
+    try:
+        with ProtectedFile.open(fd, wrap_key(), name, create=True) as pf:
+            pf.write(0, b"x" * 5000)
+        assert walk(path.read_bytes(), wrap_key())["plain"] == b"x" * 5000
+        with ProtectedFile.open(fd, wrap_key(), name, readonly=True) as pf:
+            assert pf.size == 5000
+        with pytest.raises(PfError) as info:
+            ProtectedFile.open(fd, wrap_key(), os.fsdecode(b"dir/\xff\xfd-name"), readonly=True)
+        assert info.value.check == "path"
+    finally:
+        os.close(fd)

@@ -10,6 +10,7 @@ all-zero IV; the key and GCM tag live in the parent, so one wrong byte anywhere 
 
 from __future__ import annotations
 
+import os
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -137,7 +138,7 @@ def check_key(key: bytes) -> None:
 
 
 def encode_path(path: str) -> bytes:
-    raw = path.encode()
+    raw = os.fsencode(path)  # host names need not be UTF-8 (surrogateescape both ways)
     if b"\0" in raw:
         raise PfError(f"path {path!r} contains a NUL byte", "path")
     if len(raw) >= PATH_MAX_SIZE:
@@ -175,7 +176,7 @@ class Metadata:
     @property
     def path(self) -> str:
         raw = bytes(self.plain[MD_PATH:MD_PATH + PATH_MAX_SIZE])
-        return raw.split(b"\0", 1)[0].decode(errors="surrogateescape")
+        return os.fsdecode(raw.split(b"\0", 1)[0])
 
     def set_path(self, path: str) -> None:
         raw = encode_path(path)
