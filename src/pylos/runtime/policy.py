@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pylos.hashing import FileKey, HashCache
+from pylos.runtime.identity import IdentityPolicy
 from pylos.runtime.target import mount_id
 
 SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
@@ -139,8 +140,11 @@ class TrustedFiles:
 
 class FilePolicy:
     def __init__(self, trusted: TrustedFiles, writable_mounts: set[int], private_mounts: set[int],
-                 allow_all_but_log: bool, log: Callable[[str, str], None]) -> None:
+                 allow_all_but_log: bool, log: Callable[[str, str], None],
+                 identity: IdentityPolicy | None = None) -> None:
         self.trusted = trusted
+        # Without namespaces (runtime/identity.py): allowed by host path, not by mount.
+        self.identity = identity
         self.writable_mounts = writable_mounts
         self.private_mounts = private_mounts
         self.allow_all_but_log = allow_all_but_log
@@ -169,6 +173,9 @@ class FilePolicy:
             return self.trusted.verified_copy(fd, host_path, expected, st).memfd
         mnt_id = mount_id(fd)
         if mnt_id in self.writable_mounts or mnt_id in self.private_mounts:
+            return fd
+        if self.identity is not None and self.identity.allows(
+                os.readlink(f"/proc/self/fd/{fd}")):
             return fd
         if self.allow_all_but_log:
             self._log("warning", f"Allowing access to unknown file '{name}' due to "

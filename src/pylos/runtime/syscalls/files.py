@@ -22,6 +22,7 @@ from pylos.runtime.target import (
     RESOLVE_BENEATH,
     RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
     namespace_pid,
     openat2,
     read_path,
@@ -218,6 +219,55 @@ def _finish_blocking_open(sup: Supervisor, n: Notification, fd: int, flags: int,
     threading.Thread(target=finish, name=f"pylos-fifo-{n.id}", daemon=True).start()
 
 
+WRITE_INTENT = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def _open_judged_by_path(sup: Supervisor, pid: int, dirfd: int, path: bytes, flags: int,
+                         mode: int, resolve: int, nid: int) -> int:
+    """Identity mode (no view, runtime/identity.py): an open that may write is judged on the
+    resolved host path *before* it can change anything, then exactly what was judged is
+    opened (the probe reopened, or the new name created beneath the judged directory)."""
+    policy = sup.policy.identity
+    name = path.decode(errors="replace")
+    try:
+        probe = _open_in_view(sup, pid, dirfd, path, O_PATH | (flags & os.O_NOFOLLOW), 0,
+                              resolve, nid)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise
+        head, _, leaf = path.rpartition(b"/")
+        if leaf in (b"", b".", b".."):
+            raise
+        parent = _open_in_view(sup, pid, dirfd, head or (b"/" if path.startswith(b"/") else b"."),
+                               O_PATH | os.O_DIRECTORY, 0, resolve, nid)
+        try:
+            where = os.readlink(f"/proc/self/fd/{parent}")
+            if not policy.allows(where.rstrip("/") + "/" + os.fsdecode(leaf)):
+                raise PolicyError(errno.EACCES, f"Disallowing creating file '{name}'; file is "
+                                  "not trusted or allowed.") from None
+            beneath = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | (
+                0 if policy.allows_below(where) else RESOLVE_NO_SYMLINKS)
+            return openat2(parent, leaf, flags | os.O_CLOEXEC, mode, beneath)
+        finally:
+            os.close(parent)
+    try:
+        if flags & os.O_CREAT and flags & os.O_EXCL:
+            raise FileExistsError(errno.EEXIST, "exists")
+        st = os.fstat(probe)
+        if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+            if sup.policy.trusted.lookup(st, probe) is not None:
+                raise PolicyError(errno.EACCES, f"Disallowing write/append to a trusted file "
+                                  f"'{name}'")
+            if not policy.allows(os.readlink(f"/proc/self/fd/{probe}")):
+                raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}'; file is "
+                                  "not allowed.")
+        # Devices, FIFOs and sockets write nothing to the host's file system.
+        return os.open(str(probe), (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW))
+                       | os.O_CLOEXEC, dir_fd=_own_fds())
+    finally:
+        os.close(probe)
+
+
 def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, flags: int,
                  mode: int, resolve: int = 0) -> None:
     pid = n.pid
@@ -246,9 +296,11 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
                 pid, own_fd if own_fd is not None else int(match.group(2)),
                 flags & ~(os.O_CREAT | os.O_EXCL | os.O_CLOEXEC))
         else:
+            judge_first = sup.policy.identity is not None
             fd, st, pending = _open_without_blocking(
-                lambda how: _open_in_view(sup, pid, dirfd, path, how & ~os.O_CLOEXEC, mode,
-                                          resolve, n.id), flags)
+                lambda how: (_open_judged_by_path if judge_first and how & WRITE_INTENT
+                             else _open_in_view)(sup, pid, dirfd, path, how & ~os.O_CLOEXEC,
+                                                 mode, resolve, n.id), flags)
         served = fd if within_rights else sup.policy.admit(fd, st, name, flags)
         if served != fd:
             # A verified copy: a fresh open file description each time (own offset).
