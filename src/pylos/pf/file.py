@@ -188,7 +188,12 @@ def plaintext_size(fd: int, key: bytes, path: str | None, *, recovery_path: str 
 
 
 class ProtectedFile:
-    """One open Gramine protected file on a host fd (which the caller owns and closes)."""
+    """One open Gramine protected file on a host fd (which the caller owns and closes).
+
+    Use one object per host file (share it between the fds of a process tree): it owns the
+    file's recovery file, and a second writer would corrupt it. Host I/O errors propagate as
+    OSError; a failed flush makes the object unusable (the file keeps its previous version).
+    """
 
     def __init__(self, fd: int, key: bytes, path: str | None, md: Metadata, *, readonly: bool,
                  recovery_path: str | None, cache_nodes: int, physical: int,
@@ -238,6 +243,7 @@ class ProtectedFile:
             if readonly:
                 raise PylosError("cannot create a protected file read-only")
             encode_path(path or "")
+            cls._remove_stale_journals(recovery_path, host_path_of(fd))  # old content's
             disk_version = cls._disk_version_of(fd, length)
             pf = cls(fd, key, path, Metadata.new(path or ""), readonly=False,
                      recovery_path=recovery_path, cache_nodes=cache_nodes, physical=length,
