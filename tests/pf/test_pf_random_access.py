@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -185,5 +186,44 @@ def test_readonly_and_closed_files_refuse_changes(tmp_path: Path) -> None:
         pf.close()
         with pytest.raises(PylosError, match="closed"):
             pf.read(0, 1)
+    finally:
+        os.close(fd)
+
+
+def test_threads_share_one_file(tmp_path: Path) -> None:
+    """A FUSE server calls in from several threads: one object, one lock, consistent content."""
+    path = tmp_path / "t.pf"
+    fd = open_rw(path, create=True)
+    pf = ProtectedFile.open(fd, wrap_key(), "t", create=True, cache_nodes=8)
+    pf.truncate(4 * 100000)
+    errors: list[BaseException] = []
+    regions = [bytearray(100000) for _ in range(4)]
+
+    def worker(index: int) -> None:
+        rng = random.Random(index)
+        base = index * 100000
+        mine = regions[index]
+        try:
+            for _ in range(150):
+                offset = rng.randrange(100000 - 5000)
+                data = rng.randbytes(rng.randrange(1, 5000))
+                pf.write(base + offset, data)
+                mine[offset:offset + len(data)] = data
+                assert pf.read(base, 100000) == mine
+                if rng.random() < 0.1:
+                    pf.flush()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        pf.close()
+        with ProtectedFile.open(fd, wrap_key(), "t", readonly=True) as check:
+            assert check.read(0, 400000) == b"".join(regions)
     finally:
         os.close(fd)
