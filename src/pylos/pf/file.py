@@ -339,6 +339,18 @@ class ProtectedFile:
         return self._path
 
     @property
+    def recovery_path(self) -> str | None:
+        return self._recovery_path
+
+    @recovery_path.setter
+    def recovery_path(self, name: str | None) -> None:
+        """Move the recovery file (e.g. after the host file was renamed); takes effect at the
+        next flush. The host file and its recovery file must always be renamed together: an
+        open looks for the recovery file next to the file's current name."""
+        with self._lock:
+            self._recovery_path = name
+
+    @property
     def cached_nodes(self) -> int:
         """Decrypted MHT and data nodes held (the root MHT and metadata are always held)."""
         return len(self._cache)
