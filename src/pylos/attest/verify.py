@@ -185,9 +185,11 @@ def verify_quote(raw: bytes, *, collateral: str | None = None, now: int | None =
     chain = check_signatures(quote)
     now = int(time.time()) if now is None else now
     if chain.kind == "unknown":
+        debug = " It is also a DEBUG enclave." if quote.body.attributes.debug else ""
         raise VerificationError(
             f"the PCK chain ends at '{chain.root.subject.rfc4514_string()}', whose key is not "
-            "the Intel SGX Root CA key (nor a pylos simulation root)")
+            "the production Intel SGX Root CA key (nor a pylos simulation root): not "
+            f"production evidence.{debug}")
     simulated = chain.kind == "simulated"
     if simulated:
         if not allow_simulated:
