@@ -25,6 +25,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from types import TracebackType
 
 from cryptography.exceptions import InvalidTag
@@ -145,9 +146,10 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_nodes(fd: int, records: list[tuple[int, bytes]]) -> None:
-    """Write nodes in place, one pwritev per run of consecutive physical nodes."""
-    records = sorted(records)
+def _write_nodes(fd: int, records: Sequence[tuple[int, bytes | memoryview]]) -> None:
+    """Write nodes in place, one pwritev per run of consecutive physical nodes (a node listed
+    twice, as a Gramine recovery file may, is written in list order)."""
+    records = sorted(records, key=lambda record: record[0])
     start = 0
     while start < len(records):
         end = start + 1
@@ -633,7 +635,7 @@ class ProtectedFile:
 
     # --- flushing -----------------------------------------------------------------------------
 
-    def _seal(self) -> list[tuple[int, bytes]]:
+    def _seal(self) -> list[tuple[int, bytes | memoryview]]:
         """Encrypt every dirty node under a fresh key, bottom-up; return (physical, node)."""
         size = self._md.size
         data_nodes, mht_nodes = data_node_count(size), mht_node_count(size)
@@ -644,7 +646,7 @@ class ProtectedFile:
                            key=lambda n: n.number, reverse=True)
         root = size > MD_USER_DATA_SIZE and self._root.dirty
         keys = os.urandom(KEY_SIZE * (len(dirty_data) + len(dirty_mht) + root))
-        records: list[tuple[int, bytes]] = []
+        records: list[tuple[int, bytes | memoryview]] = []
         k = 0
         for node in dirty_data:
             key = keys[k:k + KEY_SIZE]

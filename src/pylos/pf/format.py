@@ -122,10 +122,12 @@ def decrypt_node(key: bytes, ciphertext: bytes, mac: bytes, what: str, check: st
         raise PfError(f"{what}: MAC mismatch (the file was modified or corrupted)", check) from None
 
 
-def encrypt_node(key: bytes, plaintext: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
-    """(ciphertext, tag) of one node; the key must never be used again."""
+def encrypt_node(key: bytes, plaintext: bytes | bytearray | memoryview
+                 ) -> tuple[memoryview, bytes]:
+    """(ciphertext, tag) of one node; the key must never be used again. The ciphertext is a
+    view, not a copy (a flush handles thousands of nodes)."""
     sealed = AESGCM(key).encrypt(IV, plaintext, None)
-    return sealed[:-MAC_SIZE], sealed[-MAC_SIZE:]
+    return memoryview(sealed)[:-MAC_SIZE], sealed[-MAC_SIZE:]
 
 
 # --- metadata node --------------------------------------------------------------------------
