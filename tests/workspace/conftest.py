@@ -18,6 +18,18 @@ PROGRAM = Path(__file__).parent / "programs" / "wsprog.c"
 
 
 @pytest.fixture(scope="session")
+def platform_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sim-platform")
+
+
+@pytest.fixture(autouse=True)
+def one_platform(platform_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process builds and `pylos` subprocesses must share one simulated platform (its
+    secret derives the writable layer's sealing key), wherever each locates its own."""
+    monkeypatch.setenv("PYLOS_PLATFORM_DIR", str(platform_dir))
+
+
+@pytest.fixture(scope="session")
 def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("key") / "enclave-key.pem"
     subprocess.run([PYLOS, "gen-key", str(path)], check=True, capture_output=True)

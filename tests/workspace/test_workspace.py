@@ -104,6 +104,9 @@ def test_root_persists_across_runs_and_rebuilds_until_reset(workspace: Path, key
                      ).returncode == 0
     again = run_pylos("run", "/bin/wsprog", "cat", "/root/data.txt", cwd=workspace)
     assert again.stdout == "kept"
+    # On the host the layer holds Gramine protected files only, sealed to MRSIGNER.
+    stored = (workspace / "run" / "upper" / "root" / "data.txt").read_bytes()
+    assert b"kept" not in stored and len(stored) == 4096  # one PF metadata node
     build_workspace(workspace, key)
     rebuilt = run_pylos("run", "/bin/wsprog", "cat", "/root/data.txt", cwd=workspace)
     assert rebuilt.stdout == "kept"
@@ -113,11 +116,23 @@ def test_root_persists_across_runs_and_rebuilds_until_reset(workspace: Path, key
     assert gone.returncode == 3 and gone.stdout == ""
 
 
+def test_layer_is_sealed_to_the_signer(workspace: Path, tmp_path: Path):
+    """Another signing key means another MRSIGNER: the layer's files cannot be opened."""
+    assert run_pylos("run", "/bin/wsprog", "write", "/root/data.txt", "secret", cwd=workspace
+                     ).returncode == 0
+    other = tmp_path / "other-key.pem"
+    assert run_pylos("gen-key", str(other)).returncode == 0
+    build_workspace(workspace, other)
+    result = run_pylos("run", "/bin/wsprog", "cat", "/root/data.txt", cwd=workspace)
+    assert result.returncode == 3 and "secret" not in result.stdout
+
+
 def test_image_root_files_are_copied_up_once(workspace: Path, key: Path):
     (workspace / "image" / "root" / "seed.txt").write_text("from image")
     build_workspace(workspace, key)
-    assert run_pylos("run", "/bin/wsprog", "cat", "/root/seed.txt", cwd=workspace
-                     ).stdout == "from image"
+    assert b"from image" not in (workspace / "run/upper/root/seed.txt").read_bytes()
+    seeded = run_pylos("run", "/bin/wsprog", "cat", "/root/seed.txt", cwd=workspace)
+    assert seeded.stdout == "from image", seeded.stderr
     run_pylos("run", "/bin/wsprog", "write", "/root/seed.txt", "changed", cwd=workspace)
     build_workspace(workspace, key)  # the writable layer wins over the image
     assert run_pylos("run", "/bin/wsprog", "cat", "/root/seed.txt", cwd=workspace

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pylos
 from pylos.errors import PylosError
 from pylos.workspace.enclave_server import entry_error, program_env
 
@@ -38,6 +37,7 @@ PID_FILE = "run/server.pid"
 LOG_FILE = "run/server.log"
 START_TIMEOUT = 60.0
 STOP_GRACE = 30.0
+DAEMON_TAG = "pylos-workspace-server"  # in the daemon's command line, for liveness checks
 
 
 class EntryRefused(PylosError):
@@ -120,7 +120,7 @@ def server_pid(ws: Path) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if b"pylos.workspace.launch" in cmdline else None
+    return pid if DAEMON_TAG.encode() in cmdline else None
 
 
 def ping(ws: Path) -> bool:
@@ -140,15 +140,16 @@ def start_server(ws: Path) -> int:
                          "`pylos stop` it first")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(ws / SOCKET)
-    # The daemon must run this very pylos (its LibOS hash is in the signed manifest), however
-    # this process found it (the `pylos` script sets sys.path itself).
-    package_parent = str(Path(pylos.__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
+    # The daemon must be this very pylos in this very interpreter setup: its LibOS hash is in
+    # the signed manifest, and sys.prefix (which `-I -S` changes) locates the simulated
+    # platform whose sealing keys the writable layer uses.
+    flags = [flag for flag, on in (("-I", sys.flags.isolated), ("-S", sys.flags.no_site)) if on]
+    code = (f"import sys; sys.path[:0] = {sys.path!r}; "
+            "from pylos.workspace.launch import _serve; sys.exit(_serve(sys.argv[1]))")
     log = open(ws / LOG_FILE, "ab")  # noqa: SIM115 (handed to the daemon)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pylos.workspace.launch", str(ws)], cwd=ws, env=env,
+            [sys.executable, *flags, "-c", code, str(ws), DAEMON_TAG], cwd=ws,
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     finally:
         log.close()
@@ -219,7 +220,7 @@ def stop_server(ws: Path, grace: float = STOP_GRACE) -> bool:
     return True
 
 
-def _serve(ws: Path) -> int:
+def _serve(ws: str) -> int:
     """The daemon `pylos start` spawns: the enclave's supervisor running the exec server."""
     from pylos.runtime.launcher import run
 
@@ -231,8 +232,4 @@ def _serve(ws: Path) -> int:
         return exc.exit_code
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(ws / SOCKET)
-
-
-if __name__ == "__main__":
-    sys.exit(_serve(Path(sys.argv[1])))
+            os.unlink(SOCKET)

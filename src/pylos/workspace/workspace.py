@@ -7,8 +7,9 @@ Layout (docs/occlum.md):
     build/enclave.manifest, build/enclave.manifest.sgx, build/enclave.sig
     build/pylos/          pylos's own part of the enclave, mounted at /.pylos: the exec server,
                           its config, the host python3 that runs it with its libraries
-    run/upper/root, run/upper/tmp   the writable layer, mounted at /root and /tmp; kept across
-                          runs and rebuilds (`build --reset` empties it)
+    run/upper/root        the writable layer, an encrypted mount at /root: Gramine protected
+                          files sealed to MRSIGNER; kept across runs and rebuilds (`build
+                          --reset` empties it)
     run/server/           the exec server's socket (mounted at /.pylos/run)
 
 The manifest: `fs.root` = image/ (so absolute in-image paths are what programs see), each
@@ -40,7 +41,9 @@ CONFIG_NAME = "Occlum.json"
 STATUS_NAME = ".__occlum_status"
 ENCLAVE = "build/enclave"
 PYLOS_DIR = "build/pylos"
-WRITABLE = ("/root", "/tmp")  # the persistent writable layer (docs/occlum.md)
+WRITABLE = ("/root",)  # the persistent, encrypted writable layer (docs/occlum.md)
+SCRATCH = ("/tmp",)  # fresh tmpfs on each boot
+LAYER_KEY = "_sgx_mrsigner"  # survives rebuilds signed with the same key (and ISV ids)
 IMAGE_DIRS = ("bin", "lib", "lib64", "root", "host", "tmp", "dev", "proc", "etc", "sbin",
               "ext2")
 LOADER = "/lib64/ld-linux-x86-64.so.2"
@@ -201,7 +204,7 @@ def stage_pylos(ws: Path, config: WorkspaceConfig) -> dict:
     return {"loader": f"/.pylos/lib/{loader}", "python": "/.pylos/python/bin/python3"}
 
 
-def image_files(image: Path, skip: tuple[str, ...] = WRITABLE) -> list[str]:
+def image_files(image: Path, skip: tuple[str, ...] = WRITABLE + SCRATCH) -> list[str]:
     """Regular files of the image as in-image paths (symlinks resolve to files listed here)."""
     found: list[str] = []
     skipped = {image / p.lstrip("/") for p in skip}
@@ -220,29 +223,51 @@ def image_files(image: Path, skip: tuple[str, ...] = WRITABLE) -> list[str]:
 
 
 def prepare_writable_layer(ws: Path, reset: bool, log: Log) -> None:
-    """run/upper: created once, kept across builds; image files under the writable paths are
-    copied up when the layer has no file of that name (Occlum's union: upper wins)."""
+    """run/upper: created once, kept across builds (`reset` empties it)."""
     upper = ws / "run" / "upper"
     if reset and upper.exists():
         shutil.rmtree(upper)
         log("Writable layer reset (run/upper emptied)")
     (ws / "run" / "server").mkdir(parents=True, exist_ok=True)
     for inside in WRITABLE:
-        layer = upper / inside.lstrip("/")
-        layer.mkdir(parents=True, exist_ok=True)
+        (upper / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
+
+
+def copy_up(ws: Path, key: bytes, log: Log) -> int:
+    """Image files under the writable paths go into the layer, encrypted, when the layer has
+    no file of that name (Occlum's union: the upper layer wins). Returns how many."""
+    from pylos.pf import encrypt_stream
+
+    copied = 0
+    for inside in WRITABLE:
         source = ws / "image" / inside.lstrip("/")
         if not source.is_dir():
             continue
+        layer = Path("run/upper") / inside.lstrip("/")  # relative: the mount's bound paths
         for path in sorted(source.rglob("*")):
-            target = layer / path.relative_to(source)
+            rel = path.relative_to(source)
+            target = ws / layer / rel
             if os.path.lexists(target):
                 continue
-            if path.is_dir() and not path.is_symlink():
-                target.mkdir(parents=True)
-            elif path.is_symlink():
+            if path.is_symlink():
                 os.symlink(os.readlink(path), target)
-            else:
-                shutil.copy2(path, target)
+            elif path.is_dir():
+                target.mkdir(parents=True)
+            elif path.is_file():
+                tmp = target.with_name(f".pylos-new-{target.name}")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    with open(path, "rb") as plain:
+                        encrypt_stream(plain, os.fstat(plain.fileno()).st_size, fd, key,
+                                       str(layer / rel))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, target)
+                copied += 1
+    if copied:
+        log(f"Copied {copied} image files under {', '.join(WRITABLE)} into the writable layer")
+    return copied
 
 
 def _allowed_host_dirs(ws: Path, source: str) -> list[str]:
@@ -283,8 +308,10 @@ def manifest_data(ws: Path, config: WorkspaceConfig, staged: dict,
                           {"path": "/.pylos/run", "uri": "file:run/server"}]
     allowed = ["file:run/server/"]
     for inside in WRITABLE:
-        mounts.append({"path": inside, "uri": f"file:run/upper{inside}"})
-        allowed.append(f"file:run/upper{inside}/")
+        mounts.append({"type": "encrypted", "path": inside, "uri": f"file:run/upper{inside}",
+                       "key_name": LAYER_KEY})
+    for inside in SCRATCH:
+        mounts.append({"type": "tmpfs", "path": inside})
     for mount in config.mounts:
         if mount.type == "ramfs":
             mounts.append({"type": "tmpfs", "path": mount.target})
@@ -356,6 +383,12 @@ def build_workspace(ws: Path, key_path: Path | None = None, reset: bool = False,
     with contextlib.chdir(ws):  # relative URIs are relative to the workspace
         manifest = Manifest(manifest_data(ws, config, staged, trusted), f"{ENCLAVE}.manifest")
         signed = sign_manifest(manifest, key, parse_date(None), None, cache, None)
+    from pylos.runtime.keys import KeyStore
+    from pylos.runtime.load import enclave_identity
+
+    layer_key = KeyStore(enclave_identity(signed.sigstruct)).get(LAYER_KEY)
+    assert layer_key is not None  # a signed enclave always has its sealing keys
+    copy_up(ws, layer_key, log)
     try:
         write_atomic(ws / f"{ENCLAVE}.manifest", manifest.dumps().encode())
         write_atomic(ws / f"{ENCLAVE}.manifest.sgx", signed.manifest_sgx)
