@@ -35,7 +35,13 @@ from pylos.errors import PylosError
 from pylos.runtime import seccomp
 from pylos.runtime.config import EnclaveConfig, build_config
 from pylos.runtime.fs import FuseSetup, encrypted_is_file, fuse_mounts, mount_all, open_devices
-from pylos.runtime.namespaces import Bind, ViewPlan, build_view, enter_user_namespace
+from pylos.runtime.namespaces import (
+    Bind,
+    ViewPlan,
+    ViewResult,
+    build_view,
+    enter_user_namespace,
+)
 from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
 from pylos.runtime.syscalls import files, memory, processes
@@ -48,6 +54,7 @@ if TYPE_CHECKING:
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
 CLONE_NEWUSER = 0x10000000
 ADDR_NO_RANDOMIZE = 0x0040000
 CLONE_NAMESPACE_FLAGS = 0x7E020000 | 0x00000080  # CLONE_NEW{NS,CGROUP,UTS,IPC,USER,PID,NET,TIME}
@@ -215,7 +222,8 @@ def _set_pdeathsig() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _program(config: EnclaveConfig, program_filter: bytes, channel: socket.socket) -> None:
+def _program(config: EnclaveConfig, program_filter: bytes, channel: socket.socket,
+             identity: bool) -> None:
     """The program's process, just before exec (never returns)."""
     _set_pdeathsig()
     # Forked from the non-dumpable init: the confined supervisor must read this process's
@@ -234,6 +242,10 @@ def _program(config: EnclaveConfig, program_filter: bytes, channel: socket.socke
     resource.setrlimit(resource.RLIMIT_AS, (config.enclave_size, config.enclave_size))
     if config.disable_aslr:
         _libc.personality(ADDR_NO_RANDOMIZE)
+    if identity:
+        from pylos.runtime.identity import confine
+
+        confine(config)  # no view: Landlock keeps untrapped calls to the manifest's paths
     listener = seccomp.install_filter(program_filter)
     socket.send_fds(channel, [b"L"], [listener])
     os.close(listener)
@@ -242,7 +254,7 @@ def _program(config: EnclaveConfig, program_filter: bytes, channel: socket.socke
 
 
 def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: bytes,
-          channel: socket.socket, staging_channel: socket.socket) -> int:
+          channel: socket.socket, staging_channel: socket.socket, identity: bool) -> int:
     """PID 1 of the enclave: build the view, start the program, reap, exit with its status.
 
     Init is the one process of the enclave outside the seccomp filter, so nothing in the
@@ -252,10 +264,18 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: b
     """
     _set_pdeathsig()
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    fuse = fuse_mounts(config)
-    fuse_fds, fuse_warnings = open_devices(fuse)  # in our user namespace, before pivot_root
-    result = build_view(plan, newroot, config.start_dir)
-    fuse_ids = mount_all(fuse, fuse_fds, config.uid, config.gid)
+    if identity:  # no namespaces (runtime/identity.py): the host's file system as it is
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        fuse, fuse_fds, fuse_warnings, fuse_ids, result = [], [], [], [], ViewResult()
+        try:
+            os.chdir(config.start_dir)
+        except OSError as exc:
+            raise PylosError(f"fs.start_dir '{config.start_dir}': {exc.strerror}") from None
+    else:
+        fuse = fuse_mounts(config)
+        fuse_fds, fuse_warnings = open_devices(fuse)  # in our user namespace, before pivot_root
+        result = build_view(plan, newroot, config.start_dir)
+        fuse_ids = mount_all(fuse, fuse_fds, config.uid, config.gid)
     # The view's root travels as an fd: the supervisor never derives it from a TID (reusable).
     root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     socket.send_fds(channel, [marshal.dumps({"writable": result.writable_mount_ids,
@@ -270,7 +290,7 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: b
     program = os.fork()
     if program == 0:
         try:
-            _program(config, program_filter, channel)
+            _program(config, program_filter, channel, identity)
         except BaseException as exc:
             detail = exc.strerror if isinstance(exc, OSError) else str(exc)
             os.write(2, f"[pylos] error: cannot start {config.entrypoint}: {detail}\n".encode())
@@ -278,16 +298,24 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: b
     channel.close()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP):
         signal.signal(sig, lambda s, _f: os.kill(program, s))
+    if identity:
+        staging_channel.close()
+        code = _serve_until_exit(program, None, staging_channel)
+        from pylos.runtime.identity import kill_descendants
+
+        kill_descendants()  # no PID namespace to end them
+        return code
     return _serve_until_exit(program, StagingArea(result.staging_dirfd), staging_channel)
 
 
-def _serve_until_exit(program: int, staging: StagingArea, channel: socket.socket) -> int:
+def _serve_until_exit(program: int, staging: StagingArea | None,
+                      channel: socket.socket) -> int:
     """Init's loop: reap every process (PID 1 of the enclave), stage executables for the
     supervisor, and return the program's exit status once it has exited."""
     wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_write)
     signal.signal(signal.SIGCHLD, lambda _s, _f: None)
-    waiting_on = [wakeup_read, channel]
+    waiting_on = [wakeup_read, channel] if staging is not None else [wakeup_read]
     while True:
         while True:
             try:
@@ -303,24 +331,34 @@ def _serve_until_exit(program: int, staging: StagingArea, channel: socket.socket
             if ready == wakeup_read:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wakeup_read, 4096)
-            elif not staging.serve_one(channel):
+            elif staging is not None and not staging.serve_one(channel):
                 waiting_on.remove(channel)
 
 
 def _namespace_creator(config: EnclaveConfig, plan: ViewPlan, newroot: str,
                        program_filter: bytes, channel: socket.socket,
-                       staging_channel: socket.socket) -> int:
+                       staging_channel: socket.socket, identity: bool) -> int:
     _set_pdeathsig()
     # Out of the supervisor's process group: kill(0, sig) from init's group must not reach it.
     os.setpgid(0, 0)
     for sig in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
-    enter_user_namespace(config.uid, config.gid)
+    if not identity:
+        from pylos.runtime.identity import UNAVAILABLE_ERRNOS
+
+        try:
+            enter_user_namespace(config.uid, config.gid)
+        except OSError as exc:
+            if exc.errno not in UNAVAILABLE_ERRNOS:
+                raise
+            channel.send(marshal.dumps({"namespaces": f"unshare: {os.strerror(exc.errno)}"}))
+            return 1
     init = os.fork()
     if init == 0:
         code = 1
         try:
-            code = _init(config, plan, newroot, program_filter, channel, staging_channel)
+            code = _init(config, plan, newroot, program_filter, channel, staging_channel,
+                         identity)
         except PylosError as exc:
             channel.send(marshal.dumps({"error": str(exc)}))
         except OSError as exc:
@@ -366,12 +404,45 @@ def run(app: str, host_args: list[str],
 
     program_filter, handlers = filter_for(config)
     plan = view_plan(config)
-    supervisor_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    staging_end, init_staging_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if "pylos" in loaded.manifest.data:  # RA-TLS files, provisioned secrets: before the start
+        from pylos.attest.prestart import prepare_enclave
+
+        prepare_enclave(loaded, config, plan, log)
     # An empty host directory to mount the view's tmpfs on (tempfile costs 4 ms to import).
     newroot = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pylos-root-{os.urandom(8).hex()}")
     os.mkdir(newroot, 0o700)
     program_umask = os.umask(0)  # ours is 0: emulated creates apply the program's own umask
+    try:
+        return _start(config, log, plan, program_filter, handlers, newroot, loaded.digest,
+                      program_umask, identity=False)
+    except _NamespacesUnavailable as exc:
+        from pylos.runtime.identity import check_identity_possible
+        from pylos.runtime.namespaces import user_namespace_hint
+
+        check_identity_possible(config, exc.reason, user_namespace_hint())
+        log("warning", f"Linux namespaces are unavailable here ({exc.reason}): running with "
+            "identity mounts (each enclave path is the same host path): no exec staging, the "
+            "host's /proc, no /dev/attestation, loader.uid/gid not applied "
+            "(see docs/runtime.md)")
+        config.fuse.mounts = []
+        return _start(config, log, plan, program_filter, handlers, newroot, loaded.digest,
+                      program_umask, identity=True)
+    finally:
+        os.rmdir(newroot)
+
+
+class _NamespacesUnavailable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _start(config: EnclaveConfig, log: Log, plan: ViewPlan, program_filter: bytes,
+           handlers: dict, newroot: str, manifest_digest: str, program_umask: int,
+           identity: bool) -> int:
+    """Start the enclave's processes and supervise them until the program has ended."""
+    supervisor_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    staging_end, init_staging_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     creator = os.fork()
     if creator == 0:
         supervisor_end.close()
@@ -380,23 +451,23 @@ def run(app: str, host_args: list[str],
         os.umask(program_umask)
         try:
             code = _namespace_creator(config, plan, newroot, program_filter, child_end,
-                                      init_staging_end)
+                                      init_staging_end, identity)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 child_end.send(marshal.dumps({"error": f"cannot create namespaces: {exc}"}))
         os._exit(code)
     child_end.close()
     init_staging_end.close()
-    try:
-        return _supervise(config, log, handlers, supervisor_end, creator, Stager(staging_end),
-                          loaded.digest)
-    finally:
-        os.rmdir(newroot)
+    if identity:
+        staging_end.close()
+    return _supervise(config, log, handlers, supervisor_end, creator,
+                      None if identity else Stager(staging_end), manifest_digest)
 
 
 def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.socket,
-               creator: int, stager: Stager, manifest_digest: str) -> int:
+               creator: int, stager: Stager | None, manifest_digest: str) -> int:
     from pylos.hashing import HashCache, cache_dir
+    from pylos.runtime.identity import IdentityPolicy
     from pylos.runtime.policy import FilePolicy, TrustedFiles
     from pylos.runtime.supervisor import Supervisor
 
@@ -424,15 +495,18 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
 
     message, root_fds, _, _ = socket.recv_fds(channel, 65536, 1 + len(config.fuse.mounts))
     view = marshal.loads(message) if message else {"error": "the enclave did not start"}
-    if "error" in view:
+    if "error" in view or "namespaces" in view:
         os.waitpid(creator, 0)
+        if "namespaces" in view:
+            raise _NamespacesUnavailable(view["namespaces"])
         raise PylosError(view["error"])
     _, fds, _, _ = socket.recv_fds(channel, 16, 1)
     channel.close()
     if not fds:
         _, status = os.waitpid(creator, 0)
         return _exit_code(status)
-    _join_user_namespace(creator)
+    if stager is not None:  # identity mode has no user namespace to join
+        _join_user_namespace(creator)
     for warning in view["warnings"]:
         log("warning", warning)
     config.fuse.start(root_fds[1:], root_fds[0], log)
@@ -443,7 +517,8 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
     verified = HashCache(cache_dir() / "manifests" / f"{manifest_digest}.verified.marshal")
     policy = FilePolicy(TrustedFiles(config.trusted, verified, log,
                                      config.host_path_of),
-                        set(view["writable"]), set(view["private"]), config.allow_all_but_log, log)
+                        set(view["writable"]), set(view["private"]), config.allow_all_but_log, log,
+                        IdentityPolicy(config) if stager is None else None)
     supervisor = Supervisor(listener, config, policy, log, handlers, root_fds[0], stager)
     try:
         supervisor.run()

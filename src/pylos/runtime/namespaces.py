@@ -385,7 +385,7 @@ def _probe_view(report: int) -> None:
         enter_user_namespace(0, 0)
     except OSError as exc:
         os.write(report, f"cannot create user, mount, PID and UTS namespaces: {exc.strerror}"
-                 f"{_user_namespace_hint()}\n".encode())
+                 f"{user_namespace_hint()}\n".encode())
         return
     init = os.fork()
     if init == 0:
@@ -399,7 +399,7 @@ def _probe_view(report: int) -> None:
     os.waitpid(init, 0)
 
 
-def _user_namespace_hint() -> str:
+def user_namespace_hint() -> str:
     """The host settings that forbid user namespaces, if one of them is why."""
     settings = (("/proc/sys/user/max_user_namespaces", "0", "sysctl user.max_user_namespaces="
                  "15000"),

@@ -42,7 +42,7 @@ class Log:
 
 class Supervisor:
     def __init__(self, listener: Listener, config: EnclaveConfig, policy: FilePolicy, log: Log,
-                 handlers: dict[int, Handler], root_fd: int, stager: Stager) -> None:
+                 handlers: dict[int, Handler], root_fd: int, stager: Stager | None) -> None:
         self.listener = listener
         self.config = config
         self.policy = policy

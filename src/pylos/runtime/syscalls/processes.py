@@ -87,7 +87,10 @@ def verify_executable(sup: Supervisor, pid: int, fd: int, name: str, depth: int 
 
 
 def _stage(sup: Supervisor, pid: int, view_path: str, content: int, name: str) -> None:
-    """Have init bind `content` over `view_path`, and check the view now shows it there."""
+    """Have init bind `content` over `view_path`, and check the view now shows it there.
+    Identity mode (no mount namespace, runtime/identity.py) cannot stage: verified only."""
+    if sup.stager is None:
+        return
     staged = sup.stager.stage(view_path, content)
     check = _open_in_view(sup, pid, AT_FDCWD, view_path.encode(), os.O_PATH, 0, 0)
     try:
