@@ -171,6 +171,23 @@ TrustedFile = OneOf(
     expected='a "file:" URI string or a { uri, sha256 } table',
 )
 
+
+def _one_secret_destination(value: dict, path: str, errors: list[str]) -> None:
+    given = [k for k in ("set_key", "env", "file") if k in value]
+    if len(given) != 1:
+        errors.append(f"{path}: expected exactly one of set_key, env, file (where the secret "
+                      f"goes), got {', '.join(given) or 'none'}")
+
+
+# pylos's own keys (attestation before the program starts: `pylos.attest.prestart`); kept
+# in a `pylos.` namespace so that Gramine manifests stay valid.
+PylosOptions = Table({
+    "ratls": Table({"cert": Str, "key": Str}, required=("cert", "key")),
+    "secret_provisioning": Table(
+        {"server": Str, "ca": Str, "set_key": Str, "env": Str, "file": Str},
+        required=("ca",), rules=[_one_secret_destination]),
+})
+
 CpuFeature3 = Enum("unspecified", "disabled", "required")
 CpuFeature2 = Enum("disabled", "required")
 
@@ -262,6 +279,7 @@ MANIFEST_SCHEMA = Table(
                 ),
             }
         ),
+        "pylos": PylosOptions,
     },
     required=("loader", "libos", "fs"),
 )

@@ -1,0 +1,247 @@
+"""`pylos quote view|verify`, `pylos ratls verify`, `pylos secret-prov serve`: attestation
+evidence, checked the same way for real (Intel) and simulated (pylos) quotes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pylos.errors import PylosError
+
+TCB_CHOICES = ("SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
+               "OutOfDate", "OutOfDateConfigurationNeeded")
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PylosError(f"cannot read {what} '{path}': {exc.strerror}") from None
+
+
+def _hex32(value: str | None, option: str) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise PylosError(f"{option} {value!r}: expected 64 hexadecimal digits")
+    return raw
+
+
+def policy_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The verification options shared by every command that judges evidence."""
+    options = [
+        click.option("--collateral", type=click.Path(dir_okay=False, path_type=Path),
+                     help="QuoteCollateralV3 JSON (dcap-qvl layout) for a real quote."),
+        click.option("--now", type=int, metavar="UNIX", help="Verify as of this time."),
+        click.option("--allow-simulated", is_flag=True,
+                     help="Accept pylos SIMULATED evidence (testing only)."),
+        click.option("--mrenclave", metavar="HEX", help="Required MRENCLAVE."),
+        click.option("--mrsigner", metavar="HEX", help="Required MRSIGNER."),
+        click.option("--isvprodid", type=click.IntRange(0, 0xFFFF), help="Required ISVPRODID."),
+        click.option("--min-isvsvn", type=click.IntRange(0, 0xFFFF), help="Minimum ISVSVN."),
+        click.option("--allow-debug", is_flag=True, help="Accept DEBUG enclaves (insecure)."),
+        click.option("--accept-tcb", multiple=True, type=click.Choice(TCB_CHOICES),
+                     help="Accept this TCB status besides UpToDate (repeatable); without it "
+                          "every status but Revoked is accepted and printed."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _policy(kw: dict[str, Any]) -> Any:
+    from pylos.attest.verify import Policy
+
+    return Policy(mr_enclave=_hex32(kw["mrenclave"], "--mrenclave"),
+                  mr_signer=_hex32(kw["mrsigner"], "--mrsigner"), isv_prod_id=kw["isvprodid"],
+                  min_isv_svn=kw["min_isvsvn"], allow_debug=kw["allow_debug"],
+                  accept_tcb=frozenset(kw["accept_tcb"]) if kw["accept_tcb"] else None)
+
+
+def _policy_given(kw: dict[str, Any]) -> bool:
+    return any(kw[k] not in (None, False, ()) for k in (
+        "mrenclave", "mrsigner", "isvprodid", "min_isvsvn", "allow_debug", "accept_tcb"))
+
+
+def _collateral(kw: dict[str, Any]) -> str | None:
+    path = kw["collateral"]
+    return None if path is None else _read(path, "collateral").decode(errors="replace")
+
+
+def _print_verdict(verified: Any) -> None:
+    body = verified.quote.body
+    kind = ("SIMULATED (pylos simulated platform — not SGX hardware, not Intel-attested)"
+            if verified.simulated else "real SGX (Intel SGX Root CA)")
+    click.echo(f"Quote verified: {kind}")
+    click.echo(f"TCB status   : {verified.status}")
+    click.echo(f"Advisories   : {', '.join(verified.advisory_ids) or 'none'}")
+    click.echo(f"MRENCLAVE    : {body.mr_enclave.hex()}")
+    click.echo(f"MRSIGNER     : {body.mr_signer.hex()}")
+    click.echo(f"ISVPRODID    : {body.isv_prod_id}")
+    click.echo(f"ISVSVN       : {body.isv_svn}")
+    click.echo(f"DEBUG        : {'yes' if body.attributes.debug else 'no'}")
+    click.echo(f"REPORTDATA   : {body.report_data.hex()}")
+    for note in verified.notes:
+        click.echo(f"Note         : {note}")
+
+
+@click.group("quote")
+def quote_group() -> None:
+    """Inspect and verify SGX DCAP quotes (real or pylos-simulated)."""
+
+
+@quote_group.command("view")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the fields as JSON.")
+def quote_view_cmd(file: Path, as_json: bool) -> None:
+    """Print every field of the quote in FILE (like gramine-sgx-quote-view)."""
+    from pylos.attest.verify import parse
+    from pylos.attest.view import format_fields, quote_fields
+
+    fields = quote_fields(parse(_read(file, "quote")))
+    chain = fields.get("pck_chain", {}).get("certificates", [])
+    if any("pylos SIMULATED" in c["subject"] for c in chain):
+        fields["note"] = "SIMULATED quote: made by the pylos simulated platform, not SGX hardware"
+    if as_json:
+        click.echo(json.dumps(fields, indent=2))
+    else:
+        click.echo("\n".join(format_fields(fields)))
+
+
+@quote_group.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@policy_options
+@click.option("--offline", is_flag=True,
+              help="Only check the quote's own signatures and PCK chain (no collateral, no TCB).")
+def quote_verify_cmd(file: Path, offline: bool, **kw: Any) -> None:
+    """Verify the quote in FILE: signatures, PCK chain, collateral, TCB status, policy.
+
+    Exit status 0 when it verifies, 1 when it is rejected, 2 on bad input."""
+    from pylos.attest.verify import VerificationError, check_signatures, parse, verify_quote
+
+    raw = _read(file, "quote")
+    if offline:
+        chain = check_signatures(parse(raw))
+        click.echo(f"Signatures and PCK chain verify (root: "
+                   f"{chain.root.subject.rfc4514_string()}"
+                   + (", SIMULATED" if chain.kind == "simulated" else "")
+                   + "); TCB not evaluated without collateral")
+        if chain.kind == "unknown":
+            raise VerificationError("the chain's root is neither the Intel SGX Root CA key nor a "
+                                    "pylos simulation root")
+        return
+    verified = verify_quote(raw, collateral=_collateral(kw), now=kw["now"],
+                            allow_simulated=kw["allow_simulated"], policy=_policy(kw))
+    _print_verdict(verified)
+
+
+@click.group("ratls")
+def ratls_group() -> None:
+    """RA-TLS certificates."""
+
+
+@ratls_group.command("verify")
+@click.argument("cert", type=click.Path(dir_okay=False, path_type=Path))
+@policy_options
+def ratls_verify_cmd(cert: Path, **kw: Any) -> None:
+    """Verify the RA-TLS certificate CERT (PEM or DER).
+
+    Without policy options the RA_TLS_* environment variables apply, as in Gramine (all four of
+    RA_TLS_MRENCLAVE, RA_TLS_MRSIGNER, RA_TLS_ISV_PROD_ID, RA_TLS_ISV_SVN required; `any`
+    skips one)."""
+    from pylos.attest.ratls import extract_evidence, load_certificate, verify_certificate
+
+    certificate = load_certificate(_read(cert, "certificate"))
+    evidence = extract_evidence(certificate)
+    body = evidence.quote.body
+    click.echo(f"Evidence     : {evidence.extension} extension (OID {evidence.oid})")
+    click.echo(f"MRENCLAVE    : {body.mr_enclave.hex()}")
+    click.echo(f"MRSIGNER     : {body.mr_signer.hex()}")
+    for warning in evidence.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    result = verify_certificate(
+        certificate, policy=_policy(kw) if _policy_given(kw) else None,
+        allow_simulated=True if kw["allow_simulated"] else None, collateral=_collateral(kw),
+        now=kw["now"])
+    _print_verdict(result.verified)
+
+
+@click.group("secret-prov")
+def secret_prov_group() -> None:
+    """Secret provisioning to attested enclaves (Gramine's protocol)."""
+
+
+@secret_prov_group.command("serve")
+@click.option("--port", type=click.IntRange(0, 65535), default=4433, show_default=True)
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--secret", "secret_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File whose bytes are the secret.")
+@click.option("--secret-string", help="The secret, given as a string.")
+@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path),
+              help="Server certificate (PEM chain) [default: generated, see --identity-dir].")
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path),
+              help="Server private key (PEM).")
+@click.option("--identity-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the generated local CA and server certificate live "
+                   "[default: ~/.local/share/pylos/secret-prov].")
+@click.option("--hostname", "hostnames", multiple=True,
+              help="Names the generated server certificate is for [default: localhost, "
+                   "127.0.0.1].")
+@policy_options
+def secret_prov_serve_cmd(port: int, host: str, secret_file: Path | None,
+                          secret_string: str | None, cert: Path | None, key: Path | None,
+                          identity_dir: Path | None, hostnames: tuple[str, ...],
+                          **kw: Any) -> None:
+    """Send a secret to each enclave whose RA-TLS evidence passes the policy.
+
+    Without policy options the RA_TLS_* environment variables apply, as in Gramine."""
+    from pylos.attest import secret_prov
+    from pylos.attest.ratls import policy_from_env
+
+    if (secret_file is None) == (secret_string is None):
+        raise PylosError("give exactly one of --secret FILE and --secret-string S")
+    secret = (secret_string.encode() if secret_string is not None
+              else secret_prov.secret_from_file(str(secret_file)))
+    if (cert is None) != (key is None):
+        raise PylosError("--cert and --key go together")
+    if cert is None or key is None:
+        ca, cert, key = secret_prov.ensure_server_identity(
+            identity_dir or secret_prov.default_identity_dir(),
+            list(hostnames) or ["localhost", "127.0.0.1"])
+        click.echo(f"Server identity: {cert} (local CA for the enclave's "
+                   f"pylos.secret_provisioning.ca: {ca})", err=True)
+    policy = _policy(kw) if _policy_given(kw) else policy_from_env()
+    if policy.mr_enclave is None and policy.mr_signer is None:
+        click.echo("warning: neither MRENCLAVE nor MRSIGNER is checked: this provides no "
+                   "security whatsoever", err=True)
+
+    def log(level: str, message: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        click.echo(f"[{stamp}] {level}: {message}", err=True)
+
+    server = secret_prov.SecretServer(
+        secret, cert, key, dict(policy=policy, allow_simulated=kw["allow_simulated"],
+                                collateral=_collateral(kw), now=kw["now"]),
+        log, host=host, port=port)
+    click.echo(f"Listening on {host}:{server.port}"
+               + (" (accepting SIMULATED evidence)" if kw["allow_simulated"] else ""), err=True)
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
+COMMANDS = [quote_group, ratls_group, secret_prov_group]
