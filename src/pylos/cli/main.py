@@ -7,13 +7,12 @@ goes through the click application in `pylos.cli.app`.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "run" and not sys.argv[2].startswith("-"):
-        import os
-
         from pylos.errors import PylosError
         from pylos.runtime.launcher import run
 
@@ -23,6 +22,19 @@ def main() -> None:
 
                 sys.exit(run_in_workspace(sys.argv[2], sys.argv[3:]))
             sys.exit(run(sys.argv[2], sys.argv[3:]))
+        except PylosError as exc:
+            print(f"ERROR: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+    if (len(sys.argv) > 2 and sys.argv[1] == "exec" and not sys.argv[2].startswith("-")
+            and os.path.isfile("Occlum.json")):
+        # `pylos exec` in a workspace is the server mode's hot path: no CLI framework either.
+        from pathlib import Path
+
+        from pylos.errors import PylosError
+        from pylos.workspace.launch import exec_in_server
+
+        try:
+            sys.exit(exec_in_server(Path.cwd(), sys.argv[2], sys.argv[3:]))
         except PylosError as exc:
             print(f"ERROR: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)

@@ -10,12 +10,10 @@ its trusted hash), argv[0] is its basename and the environment follows Occlum's 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import marshal
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,6 +51,8 @@ def _require_build(ws: Path) -> None:
 
 def measured_config(loaded: LoadedEnclave, ws: Path) -> dict:
     """The workspace configuration the signed manifest trusts (never Occlum.json itself)."""
+    import hashlib
+
     expected = next((e["sha256"] for e in loaded.manifest.trusted_files
                      if e["uri"] == CONFIG_URI), None)
     path = ws / CONFIG_URI.removeprefix("file:")
@@ -134,6 +134,8 @@ def ping(ws: Path) -> bool:
 
 def start_server(ws: Path) -> int:
     """`pylos start`: boot the enclave once with its exec server; returns the server's PID."""
+    import subprocess
+
     _require_build(ws)
     if server_pid(ws) is not None:
         raise PylosError(f"the workspace's server is already running (pid {server_pid(ws)}); "

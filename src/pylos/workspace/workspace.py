@@ -33,9 +33,7 @@ from pathlib import Path
 
 from pylos.errors import PylosError
 from pylos.hashing import HashCache, ProgressCallback, hash_files, write_atomic
-from pylos.workspace import bom
 from pylos.workspace.config import TEMPLATE, WorkspaceConfig, load_config
-from pylos.workspace.elfdeps import DEFAULT_DIRS, Resolver
 
 CONFIG_NAME = "Occlum.json"
 STATUS_NAME = ".__occlum_status"
@@ -66,6 +64,8 @@ def find_workspace(path: Path | None = None) -> Path:
 
 # ---- init / new ---------------------------------------------------------------------------
 def host_libc() -> str:
+    from pylos.workspace.elfdeps import DEFAULT_DIRS, Resolver
+
     resolver = Resolver()
     for directory in [*DEFAULT_DIRS, *resolver.conf_dirs]:
         candidate = os.path.join(directory, "libc.so.6")
@@ -78,6 +78,8 @@ def host_libc() -> str:
 
 def init_workspace(ws: Path, log: Log = _quiet) -> None:
     """`pylos init`: Occlum.json, image/ with Occlum's base dirs, /etc/hosts, loader + libc."""
+    from pylos.workspace import bom
+
     config = ws / CONFIG_NAME
     if config.exists():
         raise PylosError(f"'{ws}' is already a workspace ({CONFIG_NAME} exists)")
@@ -135,6 +137,8 @@ def server_python() -> str:
 
 
 def _copy_if_changed(source: str, dest: Path) -> None:
+    from pylos.workspace import bom
+
     try:
         src, dst = os.stat(source), os.stat(dest)
         if (src.st_size, src.st_mtime_ns) == (dst.st_size, dst.st_mtime_ns):
@@ -147,6 +151,8 @@ def _copy_if_changed(source: str, dest: Path) -> None:
 
 def stage_pylos(ws: Path, config: WorkspaceConfig) -> dict:
     """build/pylos: the server, its config and the python3 running it (with its libraries)."""
+    from pylos.workspace.elfdeps import Resolver
+
     staged = ws / PYLOS_DIR
     python = server_python()
     probe = subprocess.run(
