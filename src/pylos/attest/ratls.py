@@ -135,7 +135,8 @@ class Evidence:
 
 def load_certificate(data: bytes) -> x509.Certificate:
     try:
-        if b"-----BEGIN" in data:
+        # Not `in`: an RA-TLS certificate's DER carries the PCK chain's PEM text in its quote.
+        if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
     except ValueError as exc:
@@ -301,18 +302,25 @@ def openssl_verify_callback(on_result: Callable[[RatlsResult | Exception], None]
     certificate that verifies (Python's `ssl` cannot accept one). `on_result` receives the
     result or the rejection, e.g. to log why a client was refused."""
 
+    # OpenSSL calls back once per problem it finds (a self-signed certificate: twice or more
+    # at depth 0): the evidence is verified, and reported, once per certificate.
+    seen: dict[bytes, bool] = {}
+
     def callback(_conn: Any, cert: Any, _errno: int, depth: int, _ok: int) -> bool:
+        certificate = cert.to_cryptography()
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        if der in seen:
+            return seen[der]
         try:
             if depth != 0:
                 raise VerificationError("RA-TLS certificates are self-signed: a chain was "
                                         "presented")
-            result = verify_certificate(cert.to_cryptography(), **kwargs)
+            result: RatlsResult | Exception = verify_certificate(certificate, **kwargs)
         except (PylosError, ValueError) as exc:
-            if on_result is not None:
-                on_result(exc)
-            return False
+            result = exc
+        seen[der] = isinstance(result, RatlsResult)
         if on_result is not None:
             on_result(result)
-        return True
+        return seen[der]
 
     return callback

@@ -249,19 +249,17 @@ def fetch_secret(servers: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
                  log: Log | None = None) -> bytes:
     """Connect to the first reachable server, present the RA-TLS certificate, check the
     server against `ca_pem` (and its name), and return the secret. PylosError otherwise."""
-    from OpenSSL import SSL, crypto
+    from OpenSSL import SSL
 
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.use_certificate(crypto.X509.from_cryptography(x509.load_pem_x509_certificate(
-        cert_pem)))
-    context.use_privatekey(crypto.PKey.from_cryptography_key(
-        serialization.load_pem_private_key(key_pem, None)))  # type: ignore[arg-type]
+    context.use_certificate(x509.load_pem_x509_certificate(cert_pem))
+    context.use_privatekey(serialization.load_pem_private_key(key_pem, None))  # type: ignore[arg-type]
     store = context.get_cert_store()
     assert store is not None
     try:
         for ca in x509.load_pem_x509_certificates(ca_pem):
-            store.add_cert(crypto.X509.from_cryptography(ca))
+            store.add_cert(ca)
     except ValueError as exc:
         raise PylosError(f"secret provisioning CA: not PEM certificates ({exc})") from None
     context.set_verify(SSL.VERIFY_PEER, lambda _c, _x, _e, _d, ok: bool(ok))
