@@ -228,3 +228,13 @@ def test_apply_plan_library_api(src: Path):
                           "      - files: [a.txt]\n"), src / "image", [])
     assert apply_plan(plan) == 1
     assert (src / "image/d/a.txt").read_text() == "A"
+
+
+def test_environment_variables(src: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("BOM_DIR", "tree")
+    result = copy_bom(src, "targets:\n  - target: /${BOM_DIR}-copy\n    copy:\n"
+                      "      - from: $BOM_DIR\n        files: [x.txt]\n")
+    assert result.returncode == 0, result.stderr
+    assert (src / "image/tree-copy/x.txt").read_text() == "X"
+    expect_error(src, "targets:\n  - target: /\n    copy:\n      - files: [$NOT_SET_ANYWHERE]\n",
+                 "environment variable $NOT_SET_ANYWHERE")

@@ -104,6 +104,21 @@ def _inside(target: str, name: str, where: str) -> str:
     return "/" + "/".join(parts)
 
 
+VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def expand_vars(text: str, where: str) -> str:
+    """`$VAR` / `${VAR}` from the environment, as copy_bom does; an unset one is an error
+    (left as it is, it would only surface as a confusing missing path)."""
+    def value(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in os.environ:
+            raise PylosError(f"{where}: environment variable ${name} (in {text!r}) is not set")
+        return os.environ[name]
+
+    return VARIABLE.sub(value, text)
+
+
 def _check_keys(value: Any, allowed: set[str], where: str) -> None:
     if not isinstance(value, dict):
         raise PylosError(f"{where}: expected a mapping, got {value!r}")
@@ -183,9 +198,9 @@ class Planner:
 
     # ---- sources ----------------------------------------------------------------------
     def source(self, prefix: str | None, name: str, where: str) -> str:
-        name = os.path.expandvars(name)
+        name = expand_vars(name, where)
         if prefix is not None:
-            prefix = os.path.expandvars(prefix)
+            prefix = expand_vars(prefix, where)
             path = os.path.join(prefix, name)
         else:
             path = name
@@ -342,7 +357,7 @@ class Planner:
             base = target.get("target")
             if not isinstance(base, str) or not base:
                 raise PylosError(f"{where}.target: expected a path inside the image")
-            base = _inside("/", base, f"{where}.target")
+            base = _inside("/", expand_vars(base, f"{where}.target"), f"{where}.target")
             self.mkdir(base, where)
             for i, name in enumerate(_list(target.get("mkdirs"), f"{where}.mkdirs")):
                 self.mkdir(_inside(base, name, f"{where}.mkdirs[{i}]"), f"{where}.mkdirs[{i}]")
