@@ -216,6 +216,13 @@ def test_server_refuses_paths_outside_entry_points(server: Path):
     assert missing.returncode == 127
 
 
+def test_exec_programs_stay_confined(server: Path):
+    """Programs the server forks run under the enclave's seccomp filter like any other."""
+    result = _exec(server, "/bin/wsprog", "escape")
+    assert result.stdout == "unshare Operation not permitted\nmount Operation not permitted\n"
+    assert (server / "run/server/exec.sock").stat().st_mode & 0o777 == 0o600
+
+
 def test_server_refuses_a_tampered_program(server: Path):
     program = server / "image" / "bin" / "wsprog"
     program.write_bytes(program.read_bytes() + b"\0")
@@ -234,6 +241,14 @@ def test_stop_ends_running_programs(server: Path):
         sleeper.kill()
         sleeper.wait()
     assert run_pylos("start", cwd=server).returncode == 0  # the fixture stops it again
+
+
+def test_tampered_server_does_not_start(workspace: Path):
+    server_py = workspace / "build" / "pylos" / "server.py"
+    server_py.write_text(server_py.read_text().replace("0o600", "0o666"))
+    result = run_pylos("start", cwd=workspace)
+    assert result.returncode == 2 and "did not start" in result.stderr
+    assert "server.py" in result.stderr
 
 
 def test_start_twice_and_exec_without_server(workspace: Path):

@@ -1,7 +1,11 @@
 /* The workspace tests' program: one binary, behaviour chosen by argv[1]. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -57,6 +61,13 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "sleep") && argc > 2) {
         sleep((unsigned)atoi(argv[2]));
         printf("slept\n");
+        return 0;
+    }
+    if (!strcmp(mode, "escape")) { /* calls the enclave's filter refuses */
+        int u = unshare(CLONE_NEWUSER | CLONE_NEWNS);
+        printf("unshare %s\n", u == 0 ? "ok" : strerror(errno));
+        int m = mount("none", "/tmp", "tmpfs", 0, NULL);
+        printf("mount %s\n", m == 0 ? "ok" : strerror(errno));
         return 0;
     }
     fprintf(stderr, "wsprog: unknown mode %s\n", mode);
