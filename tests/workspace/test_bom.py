@@ -203,13 +203,27 @@ def test_targets_outside_the_root(src: Path):
                  "        - {name: a.txt, rename: ../a.txt}\n", "rename: expected a file name")
 
 
-def test_writing_through_an_image_symlink_is_refused(src: Path, tmp_path: Path):
+def test_image_symlinks_resolve_inside_the_image(src: Path, tmp_path: Path):
+    """A link in the image is followed as the enclave sees it, never onto the host: an
+    absolute target starts at the image root, `..` stops there."""
     outside = tmp_path / "outside"
     outside.mkdir()
-    (src / "image" / "escape").symlink_to(outside)
-    expect_error(src, "targets:\n  - target: /escape\n    copy:\n      - files: [a.txt]\n",
-                 "passes through the symbolic link")
+    image = src / "image"
+    (image / "usr" / "lib").mkdir(parents=True)
+    (image / "lib").symlink_to("usr/lib")
+    (image / "escape").symlink_to(outside)
+    (image / "up").symlink_to("../../..")
+    result = copy_bom(src, "targets:\n  - target: /lib/sub\n    copy:\n      - files: [a.txt]\n"
+                      "  - target: /escape\n    copy:\n      - files: [a.txt]\n"
+                      "  - target: /up/tmp\n    copy:\n      - files: [a.txt]\n")
+    assert result.returncode == 0, result.stderr
+    assert (image / "usr/lib/sub/a.txt").read_text() == "A"
+    assert (image / str(outside).lstrip("/") / "a.txt").read_text() == "A"
+    assert (image / "tmp/a.txt").read_text() == "A"
     assert list(outside.iterdir()) == []
+    assert os.readlink(image / "lib") == "usr/lib"
+    (image / "loop").symlink_to("loop")
+    expect_error(src, "targets:\n  - target: /loop/x\n", "too many levels of symbolic links")
 
 
 def test_occlum_glibc_paths_map_to_the_host(src: Path):

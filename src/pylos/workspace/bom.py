@@ -233,19 +233,46 @@ class Planner:
     def host_of(self, dest: str) -> Path:
         return self.root / dest.lstrip("/") if dest != "/" else self.root
 
-    def check_dest(self, dest: str, where: str) -> None:
-        """No existing component of `dest` in the image may be a symlink (writes would follow
-        it out of the image)."""
-        current = self.root
-        for part in [p for p in dest.split("/") if p][:-1]:
-            current = current / part
-            if current.is_symlink():
-                raise PylosError(f"{where}: destination '{dest}' passes through the symbolic "
-                                 f"link '{current}' in the image; pylos does not write through "
-                                 "links")
+    def _link_text(self, path: str) -> str | None:
+        """The target of a symlink at in-image `path`: planned by this bom, or on disk."""
+        op = self.plan.ops.get(path)
+        if op is not None:
+            return op.source if op.kind == "link" else None
+        host = self.host_of(path)
+        return os.readlink(host) if host.is_symlink() else None
+
+    def resolve_dest(self, dest: str, where: str) -> str:
+        """`dest` with the symlinks of its directories resolved *inside the image*, as the
+        enclave will see them (absolute link targets start at the image root, `..` stops at
+        it): a write never follows a link onto the host, and images whose /lib is a link to
+        usr/lib still get their libraries where the enclave looks for them."""
+        parts = [p for p in dest.split("/") if p]
+        todo, last = parts[:-1], parts[-1:] if parts else []
+        resolved: list[str] = []
+        hops = 0
+        while todo:
+            part = todo.pop(0)
+            if part == "..":
+                if resolved:
+                    resolved.pop()
+                continue
+            if part == ".":
+                continue
+            target = self._link_text("/" + "/".join([*resolved, part]))
+            if target is None:
+                resolved.append(part)
+                continue
+            hops += 1
+            if hops > 40:
+                raise PylosError(f"{where}: too many levels of symbolic links under '{dest}' "
+                                 "in the image")
+            if target.startswith("/"):
+                resolved = []
+            todo = [p for p in target.split("/") if p] + todo
+        return "/" + "/".join([*resolved, *last])
 
     def mkdir(self, dest: str, where: str) -> None:
-        self.check_dest(dest, where)
+        dest = self.resolve_dest(f"{dest}/.", where).removesuffix("/.") or "/"  # mkdir -p
         host = self.host_of(dest)
         if os.path.lexists(host) and not host.is_dir():
             raise PylosError(f"{where}: cannot create directory '{dest}': a file exists there")
@@ -253,7 +280,7 @@ class Planner:
 
     def copy_file(self, source: str, dest: str, where: str, expected: str | None = None,
                   autodep: bool = True, strict_deps: bool = True) -> None:
-        self.check_dest(dest, where)
+        dest = self.resolve_dest(dest, where)
         real = os.path.realpath(source)  # rsync -L: the file the link points to
         if not os.path.isfile(real):
             raise PylosError(f"{where}: source '{source}' is not a regular file")
@@ -305,7 +332,7 @@ class Planner:
                 self.plan.warnings.append(message)
 
     def link(self, dest: str, text: str, where: str) -> None:
-        self.check_dest(dest, where)
+        dest = self.resolve_dest(dest, where)
         if self.host_of(dest).is_dir() and not self.host_of(dest).is_symlink():
             raise PylosError(f"{where}: cannot create link '{dest}': a directory exists there")
         self.plan.add(Op("link", dest, text, where))
