@@ -67,7 +67,7 @@ def pylos(*args: str, cwd: Path) -> None:
 
 
 def per_iteration(argv: list[str], cwd: Path | None = None) -> float:
-    """The program's own figure, in µs per open+close (stored in seconds for Series)."""
+    """The program's own figure, in µs per open+close (a Series sample)."""
     out = subprocess.run(argv, cwd=cwd, check=True, capture_output=True, text=True).stdout
     return float(re.search(r"([\d.]+) us per open\+close", out).group(1)) / 1e6
 
@@ -78,7 +78,7 @@ def show(title: str, unit: str, series: list[Series]) -> None:
     print(f"\n{title}")
     for s in series:
         print(f"  {s.name:<38} median {s.median * scale:9.2f} {unit}   "
-              f"min-max {min(s.seconds) * scale:7.2f}-{max(s.seconds) * scale:7.2f}   "
+              f"min-max {min(s.samples) * scale:7.2f}-{max(s.samples) * scale:7.2f}   "
               f"{s.median / native.median:6.2f}x native")
 
 

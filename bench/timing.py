@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 @dataclass
 class Series:
     name: str
-    seconds: list[float] = field(default_factory=list)
+    samples: list[float] = field(default_factory=list)  # seconds, or what the table measures
 
     @property
     def median(self) -> float:
-        return statistics.median(self.seconds)
+        return statistics.median(self.samples)
 
     def summary(self, baseline: Series | None = None) -> str:
         ratio = f"{self.median / baseline.median:6.2f}x" if baseline else "   1.00x"
         return (f"{self.name:<40} median {self.median * 1000:9.1f} ms   "
-                f"min-max {min(self.seconds) * 1000:.1f}-{max(self.seconds) * 1000:.1f} ms   "
+                f"min-max {min(self.samples) * 1000:.1f}-{max(self.samples) * 1000:.1f} ms   "
                 f"{ratio}")
 
 
@@ -39,7 +39,7 @@ def alternate(runs: dict[str, Callable[[], float]], repetitions: int) -> list[Se
     series = {name: Series(name) for name in runs}
     for _ in range(repetitions):
         for name, run in runs.items():
-            series[name].seconds.append(run())
+            series[name].samples.append(run())
     return list(series.values())
 
 

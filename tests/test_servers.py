@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support import EXAMPLES, PYLOS
+from support import EXAMPLES, PROJECT_ROOT, PYLOS
 
 # name: (client tools `make check` needs, the last success line it prints)
 SERVERS = {
@@ -181,3 +183,24 @@ def test_ten_thousand_requests_from_32_connections(example, key, server_process,
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0, process.stderr.read()
 
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    """`bench/run --smoke`: every workload once, natively and under pylos; the table and the
+    JSON file have a native and a pylos row for each (no timing is asserted)."""
+    require("redis-server", "redis-benchmark", "nginx", "wrk", "memcached", "lighttpd", "cc")
+    out = tmp_path / "smoke.json"
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "run"), "--smoke",
+                             "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    tables = json.loads(out.read_text())["tables"]
+    for workload in ("redis-benchmark GET", "redis-benchmark SET",
+                     "nginx, 10 KB page, open_file_cache", "nginx, 10 KB page, no open_file",
+                     "memcached GET", "memcached SET", "lighttpd", "python http.server",
+                     "helloworld", "import json", "bash loop", "open+close", "getpid"):
+        titles = [title for title in tables if workload in title]
+        assert len(titles) == 1, f"{workload}: {list(tables)}"
+        series = tables[titles[0]]["series"]
+        assert "native" in series and any(name.startswith("pylos run") for name in series)
+        assert all(len(samples) == 1 and samples[0] > 0 for samples in series.values())
+        assert titles[0] in result.stdout  # in the printed table too
