@@ -66,9 +66,12 @@ def copy_bom_cmd(bom_file: Path, root: Path, include_dirs: tuple[Path, ...], dry
 @click.option("-k", "--sign-key", type=click.Path(dir_okay=False, path_type=Path),
               help="Signing key [default: ~/.config/pylos/enclave-key.pem].")
 @click.option("--reset", is_flag=True, help="Empty the writable layer (run/upper) first.")
+@click.option("--image-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="Encrypt the image with this key (`pylos gen-image-key`).")
 @click.option("--sgx-mode", type=click.Choice(["SIM", "HYPER", "HW"]), default=None,
               help="Accepted for Occlum compatibility: pylos always simulates SGX.")
-def build_cmd(sign_key: Path | None, reset: bool, sgx_mode: str | None) -> None:
+def build_cmd(sign_key: Path | None, reset: bool, image_key: Path | None,
+              sgx_mode: str | None) -> None:
     """Build the workspace: measure image/ and sign build/enclave.manifest.sgx."""
     from pylos.cli.progress import hashing_progress
     from pylos.workspace.workspace import build_workspace, find_workspace
@@ -77,11 +80,21 @@ def build_cmd(sign_key: Path | None, reset: bool, sgx_mode: str | None) -> None:
         _echo(f"note: --sgx-mode {sgx_mode}: pylos has no SGX hardware mode; building a "
               "simulated enclave")
     started = time.monotonic()
-    result = build_workspace(find_workspace(), sign_key, reset, _echo, hashing_progress)
+    result = build_workspace(find_workspace(), sign_key, reset, _echo, hashing_progress,
+                             image_key)
     click.echo(f"Built simulated SGX enclave: {result.trusted} trusted files, enclave size "
                f"{result.enclave_size >> 20} MiB ({time.monotonic() - started:.2f} s)")
     click.echo(f"mr_enclave: {result.mr_enclave}")
     click.echo(f"mr_signer:  {result.mr_signer}")
+
+
+@click.command("gen-image-key")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def gen_image_key_cmd(file: Path) -> None:
+    """Write a random 128-bit image key (Occlum's format: 16 hex bytes joined by '-')."""
+    from pylos.workspace.image import gen_image_key
+
+    gen_image_key(file)
 
 
 @click.command("start")
@@ -153,5 +166,5 @@ def print_cmd(what: str) -> None:
     click.echo(value.hex())
 
 
-COMMANDS = [new_cmd, init_cmd, copy_bom_cmd, build_cmd, start_cmd, exec_cmd, stop_cmd,
-            status_cmd, print_cmd]
+COMMANDS = [new_cmd, init_cmd, copy_bom_cmd, build_cmd, gen_image_key_cmd, start_cmd,
+            exec_cmd, stop_cmd, status_cmd, print_cmd]

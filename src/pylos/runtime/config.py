@@ -18,6 +18,8 @@ from pylos.manifest.schema import LOG_LEVELS
 from pylos.manifest.trusted import uri_to_path
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pylos.runtime.fs import FuseSetup
 
 DEFAULT_STACK = "256K"
@@ -67,6 +69,9 @@ class EnclaveConfig:
     messages: list[str] = field(default_factory=list)  # to log once the log is set up
     # Set by the launcher: the FUSE mounts (encrypted, /dev/attestation) and the key store.
     fuse: FuseSetup = field(default=None)  # type: ignore[assignment]
+    # Trusted files stored encrypted (a workspace's `build --image-key`): (fd, host path) ->
+    # the plaintext to verify and serve, or None for a file stored as it is.
+    decrypt_trusted: Callable[[int, str], bytes | None] | None = None
 
     def host_path_of(self, path: str) -> str | None:
         """The host path behind a canonical in-view path, by the mount table (None: tmpfs)."""

@@ -520,7 +520,7 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
     # `pylos manifest` (every file ever hashed: megabytes to load at each start).
     verified = HashCache(cache_dir() / "manifests" / f"{manifest_digest}.verified.marshal")
     policy = FilePolicy(TrustedFiles(config.trusted, verified, log,
-                                     config.host_path_of),
+                                     config.host_path_of, config.decrypt_trusted),
                         set(view["writable"]), set(view["private"]), config.allow_all_but_log, log,
                         IdentityPolicy(config) if stager is None else None)
     supervisor = Supervisor(listener, config, policy, log, handlers, root_fds[0], stager)

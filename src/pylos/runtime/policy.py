@@ -47,8 +47,10 @@ class TrustedFiles:
 
     def __init__(self, expected: dict[str, str], cache: HashCache,
                  log: Callable[[str, str], None],
-                 host_path_of: Callable[[str], str | None] = lambda _path: None) -> None:
+                 host_path_of: Callable[[str], str | None] = lambda _path: None,
+                 decrypt: Callable[[int, str], bytes | None] | None = None) -> None:
         self._expected_by_path = expected
+        self._decrypt = decrypt
         self._host_path_of = host_path_of
         self._by_inode: dict[tuple[int, int], tuple[str, str]] | None = None
         self._cache = cache
@@ -108,6 +110,9 @@ class TrustedFiles:
         memfd = os.memfd_create(f"pylos-trusted:{os.path.basename(host_path)}",
                                 os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
+            plain = self._decrypt(fd, host_path) if self._decrypt is not None else None
+            if plain is not None:  # verified as plaintext, served as plaintext
+                return self._seal_plaintext(memfd, plain, host_path, expected, key)
             offset = 0
             while offset < key.size:
                 sent = os.sendfile(memfd, fd, offset, key.size - offset)
@@ -134,6 +139,21 @@ class TrustedFiles:
             os.close(memfd)
             raise
         verified = Verified(memfd, key.size)
+        self._copies[key] = verified
+        return verified
+
+    def _seal_plaintext(self, memfd: int, plain: bytes, host_path: str, expected: str,
+                        key: FileKey) -> Verified:
+        digest = hashlib.sha256(plain).hexdigest()
+        if digest != expected:
+            raise PolicyError(errno.EPERM, f"Hash of trusted file '{host_path}' does not match "
+                              f"with the reference hash in manifest (expected {expected}, "
+                              f"actual {digest})")
+        view = memoryview(plain)
+        while view:
+            view = view[os.write(memfd, view):]
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, SEALS)
+        verified = Verified(memfd, len(plain))
         self._copies[key] = verified
         return verified
 

@@ -71,6 +71,7 @@ def run_in_workspace(path: str, args: list[str], ws: Path | None = None) -> int:
     _require_build(ws)
 
     def configure(loaded: LoadedEnclave, config: EnclaveConfig) -> None:
+        image_hook(loaded, config, ws)
         settings = measured_config(loaded, ws)
         problem = entry_error(path, settings["entry_points"])
         if problem is not None:
@@ -82,6 +83,21 @@ def run_in_workspace(path: str, args: list[str], ws: Path | None = None) -> int:
         config.start_dir = "/"
 
     return run(str(ws / ENCLAVE), [], configure)
+
+
+def image_hook(loaded: LoadedEnclave, config: EnclaveConfig, ws: Path) -> None:
+    """An encrypted image (`build --image-key`): unseal its key (sealed to this MRENCLAVE at
+    build) and have the runtime decrypt the image's trusted files as it verifies them."""
+    from pylos.workspace.image import IMAGE_DIR, decryptor, unseal_image_key
+
+    if loaded.manifest.data["fs"]["root"].get("uri") != f"file:{IMAGE_DIR}":
+        return
+    from pylos.runtime.keys import KeyStore
+
+    sealing_key = KeyStore(loaded.identity).get("_sgx_mrenclave")
+    if sealing_key is None:
+        raise PylosError("an encrypted image runs only from the signed build (no sealing key)")
+    config.decrypt_trusted = decryptor(ws, unseal_image_key(ws, sealing_key))
 
 
 # ---- server mode ---------------------------------------------------------------------------
@@ -228,7 +244,7 @@ def _serve(ws: str) -> int:
 
     os.chdir(ws)
     try:
-        return run(ENCLAVE, [])
+        return run(ENCLAVE, [], lambda loaded, config: image_hook(loaded, config, Path.cwd()))
     except PylosError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return exc.exit_code

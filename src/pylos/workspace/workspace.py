@@ -305,7 +305,7 @@ LOG_LEVELS = {"off": "none", "error": "error", "warn": "warning", "info": "debug
 
 
 def manifest_data(ws: Path, config: WorkspaceConfig, staged: dict,
-                  trusted: list[dict]) -> dict:
+                  trusted: list[dict], root: str = "image") -> dict:
     occlum_level = os.environ.get("OCCLUM_LOG_LEVEL", "error")
     if occlum_level not in LOG_LEVELS:
         raise PylosError(f"OCCLUM_LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got "
@@ -338,7 +338,7 @@ def manifest_data(ws: Path, config: WorkspaceConfig, staged: dict,
             "env": {"PYTHONHOME": "/.pylos/python"},
             "log_level": LOG_LEVELS[occlum_level],
         },
-        "fs": {"root": {"uri": "file:image"}, "start_dir": "/", "mounts": mounts},
+        "fs": {"root": {"uri": f"file:{root}"}, "start_dir": "/", "mounts": mounts},
         "sys": {"stack": {"size": _size(config.stack_size)},
                 "brk": {"max_size": _size(config.heap_size)},
                 "enable_extra_runtime_domain_names_conf": True},
@@ -351,8 +351,8 @@ def manifest_data(ws: Path, config: WorkspaceConfig, staged: dict,
 
 def build_workspace(ws: Path, key_path: Path | None = None, reset: bool = False,
                     log: Log = _quiet,
-                    progress: Callable[[int], ProgressCallback | None] | None = None
-                    ) -> BuildResult:
+                    progress: Callable[[int], ProgressCallback | None] | None = None,
+                    image_key: Path | None = None) -> BuildResult:
     from pylos.manifest import Manifest
     from pylos.sgx import keys
     from pylos.sgx.sign import parse_date, sign_manifest
@@ -373,7 +373,22 @@ def build_workspace(ws: Path, key_path: Path | None = None, reset: bool = False,
     staged = stage_pylos(ws, config)
     prepare_writable_layer(ws, reset, log)
 
-    paths = {f"file:image{p}": str(image) + p for p in image_files(image)}
+    files = image_files(image)
+    if image_key is not None:
+        from pylos.workspace.image import IMAGE_DIR, encrypt_image, read_image_key
+
+        plain_key = read_image_key(image_key)
+        callback = progress(len(files)) if progress is not None else None
+        changed = encrypt_image(ws, files, plain_key, callback)
+        log(f"Encrypted image: {changed} of {len(files)} files (re-)encrypted into {IMAGE_DIR}/")
+        root = IMAGE_DIR
+    else:
+        from pylos.workspace.image import remove_encrypted_image
+
+        remove_encrypted_image(ws)
+        root = "image"
+    # Trusted with the hash of the plaintext (image/), stored where the root is.
+    paths = {f"file:{root}{p}": str(image) + p for p in files}
     for path in sorted((ws / PYLOS_DIR).rglob("*")):
         if path.is_file():
             paths[_uri(ws, path)] = str(path)
@@ -387,15 +402,26 @@ def build_workspace(ws: Path, key_path: Path | None = None, reset: bool = False,
     trusted = [{"uri": uri, "sha256": digests[host]} for uri, host in paths.items()]
 
     with contextlib.chdir(ws):  # relative URIs are relative to the workspace
-        manifest = Manifest(manifest_data(ws, config, staged, trusted), f"{ENCLAVE}.manifest")
+        manifest = Manifest(manifest_data(ws, config, staged, trusted, root),
+                            f"{ENCLAVE}.manifest")
         signed = sign_manifest(manifest, key, parse_date(None), None, cache, None)
     from pylos.runtime.keys import KeyStore
     from pylos.runtime.load import enclave_identity
 
-    layer_key = KeyStore(enclave_identity(signed.sigstruct)).get(LAYER_KEY)
+    keys = KeyStore(enclave_identity(signed.sigstruct))
+    layer_key = keys.get(LAYER_KEY)
     assert layer_key is not None  # a signed enclave always has its sealing keys
     copy_up(ws, layer_key, log)
+    if image_key is not None:
+        from pylos.workspace.image import seal_image_key
+
+        sealing_key = keys.get("_sgx_mrenclave")
+        assert sealing_key is not None
+        seal_image_key(ws, plain_key, sealing_key)
+    image_type = "encrypted" if image_key is not None else "integrity-only"
     try:
+        write_atomic(ws / "build" / "image_config.json",
+                     json.dumps({"image_type": image_type}).encode() + b"\n")
         write_atomic(ws / f"{ENCLAVE}.manifest", manifest.dumps().encode())
         write_atomic(ws / f"{ENCLAVE}.manifest.sgx", signed.manifest_sgx)
         write_atomic(ws / f"{ENCLAVE}.sig", signed.sigstruct.pack())
