@@ -249,7 +249,7 @@ def fetch_secret(servers: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
                  log: Log | None = None) -> bytes:
     """Connect to the first reachable server, present the RA-TLS certificate, check the
     server against `ca_pem` (and its name), and return the secret. PylosError otherwise."""
-    from OpenSSL import SSL
+    from OpenSSL import SSL, crypto
 
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
@@ -259,7 +259,7 @@ def fetch_secret(servers: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
     assert store is not None
     try:
         for ca in x509.load_pem_x509_certificates(ca_pem):
-            store.add_cert(ca)
+            store.add_cert(crypto.X509.from_cryptography(ca))
     except ValueError as exc:
         raise PylosError(f"secret provisioning CA: not PEM certificates ({exc})") from None
     context.set_verify(SSL.VERIFY_PEER, lambda _c, _x, _e, _d, ok: bool(ok))
@@ -304,7 +304,7 @@ def fetch_secret(servers: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
                 failures.append(f"{host}:{port}: the secret was cut short")
                 continue
             if log is not None:
-                log("info", f"secret provisioned by {host}:{port} ({size} bytes)")
+                log("debug", f"secret provisioned by {host}:{port} ({size} bytes)")
             return secret
         except SSL.Error as exc:
             failures.append(f"{host}:{port}: the server refused this enclave (TLS alert: "
