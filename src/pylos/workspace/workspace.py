@@ -155,15 +155,18 @@ def stage_pylos(ws: Path, config: WorkspaceConfig) -> dict:
 
     staged = ws / PYLOS_DIR
     python = server_python()
+    # Exactly the files the server's imports load (listed before anything else is imported).
     probe = subprocess.run(
         [python, "-S", "-s", "-B", "-c",
-         f"{SERVER_MODULES}; import sys, json; print(json.dumps([sys.prefix, "
-         "'python%d.%d' % sys.version_info[:2], sorted({m.__file__ for m in sys.modules.values()"
+         f"{SERVER_MODULES}, sys; print(repr([sys.prefix, 'python%d.%d' % sys.version_info[:2],"
+         " sorted({m.__file__ for m in list(sys.modules.values())"
          " if getattr(m, '__file__', None)})]))"],
         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     if probe.returncode != 0:
         raise PylosError(f"cannot inspect {python} for the exec server: {probe.stderr.strip()}")
-    prefix, version, modules = json.loads(probe.stdout)
+    import ast
+
+    prefix, version, modules = ast.literal_eval(probe.stdout)
     keep: set[Path] = set()
 
     def put(source: str, rel: str) -> None:
