@@ -20,7 +20,6 @@ as read-write chroot mounts, ramfs as tmpfs, resource limits and metadata as sgx
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import marshal
 import os
@@ -434,7 +433,3 @@ def build_workspace(ws: Path, key_path: Path | None = None, reset: bool = False,
     return BuildResult(signed.mr_enclave.hex(), signed.mr_signer.hex(), len(trusted),
                        manifest.enclave_size)
 
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
