@@ -171,7 +171,9 @@ def start_server(ws: Path) -> int:
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     finally:
         log.close()
-    (ws / PID_FILE).write_text(f"{process.pid}\n")
+    from pylos.hashing import write_atomic
+
+    write_atomic(ws / PID_FILE, f"{process.pid}\n".encode())
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -190,7 +192,11 @@ def exec_in_server(ws: Path, path: str, args: list[str]) -> int:
     if server_pid(ws) is None or not (ws / SOCKET).exists():
         raise PylosError("the workspace's server is not running: `pylos start` it first")
     message = {"op": "exec", "path": path, "args": args, "env": dict(os.environ)}
-    conn, _ = _request(ws, message, [0, 1, 2], timeout=None)
+    try:
+        conn, _ = _request(ws, message, [0, 1, 2], timeout=None)
+    except OSError as exc:
+        raise PylosError(f"cannot reach the exec server ({ws / SOCKET}): {exc.strerror}"
+                         ) from None
     interrupted: list[int] = []
 
     def stop_program(sig: int, _frame: object) -> None:
