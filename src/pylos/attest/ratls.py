@@ -303,14 +303,15 @@ def openssl_verify_callback(on_result: Callable[[RatlsResult | Exception], None]
     result or the rejection, e.g. to log why a client was refused."""
 
     # OpenSSL calls back once per problem it finds (a self-signed certificate: twice or more
-    # at depth 0): the evidence is verified, and reported, once per certificate.
-    seen: dict[bytes, bool] = {}
+    # at depth 0): the evidence is verified, and reported, once per handshake. Only the last
+    # verdict is kept, so a later handshake (collateral may have expired since) re-verifies.
+    last: list[Any] = [None, b"", False]  # connection, certificate DER, verdict
 
-    def callback(_conn: Any, cert: Any, _errno: int, depth: int, _ok: int) -> bool:
+    def callback(conn: Any, cert: Any, _errno: int, depth: int, _ok: int) -> bool:
         certificate = cert.to_cryptography()
         der = certificate.public_bytes(serialization.Encoding.DER)
-        if der in seen:
-            return seen[der]
+        if last[0] is conn and last[1] == der:
+            return last[2]
         try:
             if depth != 0:
                 raise VerificationError("RA-TLS certificates are self-signed: a chain was "
@@ -318,9 +319,9 @@ def openssl_verify_callback(on_result: Callable[[RatlsResult | Exception], None]
             result: RatlsResult | Exception = verify_certificate(certificate, **kwargs)
         except (PylosError, ValueError) as exc:
             result = exc
-        seen[der] = isinstance(result, RatlsResult)
+        last[:] = [conn, der, isinstance(result, RatlsResult)]
         if on_result is not None:
             on_result(result)
-        return seen[der]
+        return last[2]
 
     return callback
