@@ -287,3 +287,22 @@ def test_https_server_in_enclave_verified_by_python_client(tmp_path, signing_key
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGKILL)
         server.wait(10)
+
+
+def test_quote_read_in_the_enclave_verifies_on_the_host(shell, tmp_path):
+    shell.build("")
+    # (user_report_data is per process: `cat` quotes with its own, all zero; the round trip
+    # of report_data is tested with the library and with python in tests/runtime.)
+    result = subprocess.run([PYLOS, "run", "app", "-c", "cat /dev/attestation/quote"],
+                            cwd=shell.root, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    quote = tmp_path / "quote.bin"
+    quote.write_bytes(result.stdout)
+    view = shell.sigstruct()
+    verified = run_pylos("quote", "verify", str(quote), "--allow-simulated", "--mrenclave",
+                         view["mr_enclave"], "--mrsigner", view["mr_signer"])
+    assert verified.returncode == 0, verified.stderr
+    assert "SIMULATED" in verified.stdout
+    assert f"MRENCLAVE    : {view['mr_enclave']}" in verified.stdout
+    refused = run_pylos("quote", "verify", str(quote))
+    assert refused.returncode == 1 and "SIMULATED" in refused.stderr
