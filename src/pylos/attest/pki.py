@@ -212,7 +212,6 @@ class SimulatedPki:
         layout of `dcap_qvl.QuoteCollateralV3.from_json`."""
         issue = (now - datetime.timedelta(days=1)).replace(microsecond=0)
         next_update = issue + COLLATERAL_LIFETIME
-        stamp = (lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ"))  # noqa: E731
         tcb_info = json.dumps({
             "id": "SGX", "version": 3, "issueDate": stamp(issue),
             "nextUpdate": stamp(next_update), "fmspc": SIM_FMSPC.hex().upper(),
@@ -263,6 +262,11 @@ class SimulatedPki:
             .sign(key, hashes.SHA256())
         )
         return crl.public_bytes(serialization.Encoding.DER)
+
+
+def stamp(moment: datetime.datetime) -> str:
+    """PCS time format."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from pylos.errors import PylosError
 
 if TYPE_CHECKING:
+    from pylos.attest.platform import SimulatedPlatform
     from pylos.runtime.config import EnclaveConfig
     from pylos.runtime.load import LoadedEnclave
     from pylos.runtime.namespaces import ViewPlan
@@ -91,13 +92,14 @@ def _trusted_ca(config: EnclaveConfig, path: str) -> bytes:
     return data
 
 
-def _provision(options: dict, config: EnclaveConfig, plan: ViewPlan, platform: object,
-               loaded: LoadedEnclave, log: Callable[[str, str], None]) -> None:
+def _provision(options: dict, config: EnclaveConfig, plan: ViewPlan,
+               platform: SimulatedPlatform, loaded: LoadedEnclave,
+               log: Callable[[str, str], None]) -> None:
     from pylos.attest.ratls import enclave_certificate
     from pylos.attest.secret_prov import DEFAULT_SERVERS, fetch_secret
 
     ca = _trusted_ca(config, options["ca"])
-    cert, key = enclave_certificate(platform, loaded.identity, config.env)  # type: ignore[arg-type]
+    cert, key = enclave_certificate(platform, loaded.identity, config.env)
     secret = fetch_secret(options.get("server", DEFAULT_SERVERS), ca, cert, key, log)
     if "set_key" in options:
         name = options["set_key"]
