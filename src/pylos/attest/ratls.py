@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,8 @@ from pylos.attest.verify import Policy, VerificationError, VerifiedQuote, parse,
 from pylos.errors import PylosError
 
 if TYPE_CHECKING:
+    import ssl
+
     from pylos.attest.platform import SimulatedPlatform
     from pylos.attest.quote import Quote
 
@@ -289,6 +290,8 @@ def client_context() -> ssl.SSLContext:
     """A client context for an RA-TLS server: the self-signed certificate cannot pass CA
     validation, so trust comes from `verify_peer` right after the handshake, before any
     application data is sent."""
+    import ssl  # not at import: `pylos run` loads this module before every RA-TLS start
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
