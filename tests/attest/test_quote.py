@@ -342,3 +342,38 @@ def test_cli_view_every_field():
     assert fields["pck_chain"]["sgx_extension"]["fmspc"] == "00a067110000"
     text = run_pylos("quote", "view", str(DCAP / "sgx_quote_v3_fake_root.bin"))
     assert text.returncode == 0 and "PPID cleartext" in text.stdout
+
+
+def _resigned(platform, status: str, tamper_only: bool = False) -> str:
+    """Simulated collateral whose matching TCB level has `status`, signed by the simulated
+    TCB Signing key (or not re-signed: `tamper_only`)."""
+    now = datetime.datetime.now(datetime.UTC)
+    collateral = json.loads(platform.pki.collateral(now))
+    info = json.loads(collateral["tcb_info"])
+    info["tcbLevels"][0]["tcbStatus"] = status
+    info["tcbLevels"][0]["advisoryIDs"] = ["PYLOS-TEST-1"]
+    collateral["tcb_info"] = json.dumps(info, separators=(",", ":"))
+    if not tamper_only:
+        collateral["tcb_info_signature"] = pki.raw_signature(
+            platform.pki.tcb_key, collateral["tcb_info"].encode()).hex()
+    return json.dumps(collateral)
+
+
+def test_tcb_statuses_from_signed_collateral(platform):
+    raw = make_quote(platform, identity(), b"x")
+    kw = {"allow_simulated": True, "platform": platform}
+    result = verify_quote(raw, collateral=_resigned(platform, "OutOfDate"), **kw)
+    assert result.status == "OutOfDate" and result.advisory_ids == ["PYLOS-TEST-1"]
+    with pytest.raises(VerificationError, match="OutOfDate is not accepted"):
+        verify_quote(raw, collateral=_resigned(platform, "OutOfDate"),
+                     policy=Policy(accept_tcb=frozenset({"SWHardeningNeeded"})), **kw)
+    with pytest.raises(VerificationError, match="Revoked"):  # dcap-qvl refuses it first
+        verify_quote(raw, collateral=_resigned(platform, "Revoked"),
+                     policy=Policy(accept_tcb=frozenset({"Revoked"})), **kw)
+
+
+def test_collateral_edited_without_its_signature_is_rejected(platform):
+    raw = make_quote(platform, identity(), b"x")
+    with pytest.raises(VerificationError, match="tcb_info"):
+        verify_quote(raw, collateral=_resigned(platform, "UpToDate", tamper_only=True),
+                     allow_simulated=True, platform=platform)
