@@ -29,7 +29,7 @@ from pylos.attest.verify import (
 from pylos.errors import PylosError
 from pylos.sgx.structs import TargetInfo
 
-from conftest import DCAP, SAMPLE_NOW, identity
+from attest_common import DCAP, SAMPLE_NOW, identity
 from support import run_pylos
 
 COLLATERAL = (DCAP / "sgx_quote_v3_collateral.json").read_text()

@@ -20,7 +20,7 @@ from pylos.attest.quote import make_quote
 from pylos.attest.verify import VerificationError
 from pylos.errors import PylosError
 
-from conftest import RATLS, identity
+from attest_common import RATLS, identity
 from support import run_pylos
 
 GRAPHENE = RATLS / "graphene_ratls_cert_sbx_debug.pem"

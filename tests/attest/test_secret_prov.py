@@ -24,7 +24,7 @@ from pylos.attest.secret_prov import (
 from pylos.attest.verify import Policy
 from pylos.errors import PylosError
 
-from conftest import identity
+from attest_common import identity
 
 SECRET = b"\x00provisioned\xffsecret"
 
