@@ -111,14 +111,15 @@ def test_quote_for_a_signed_enclave_has_its_sigstruct_measurements(shell, platfo
 
 
 @contextlib.contextmanager
-def secret_server(tmp_path: Path, mr_enclave: str, port: int):
+def secret_server(tmp_path: Path, mr_enclave: str, port: int, secret: bytes = KEY,
+                  policy: tuple[str, ...] = ()):
     """`pylos secret-prov serve` as a user runs it, with the provisioned key as its secret."""
-    (tmp_path / "key.bin").write_bytes(KEY)
+    (tmp_path / "key.bin").write_bytes(secret)
     log = open(tmp_path / "server.log", "w+")  # noqa: SIM115
     process = subprocess.Popen(
         [PYLOS, "secret-prov", "serve", "--host", "127.0.0.1", "--port", str(port), "--secret",
          str(tmp_path / "key.bin"), "--identity-dir", str(tmp_path / "identity"),
-         "--allow-simulated", "--mrenclave", mr_enclave],
+         "--allow-simulated", *(policy or ("--mrenclave", mr_enclave))],
         stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
@@ -306,3 +307,28 @@ def test_quote_read_in_the_enclave_verifies_on_the_host(shell, tmp_path):
     assert f"MRENCLAVE    : {view['mr_enclave']}" in verified.stdout
     refused = run_pylos("quote", "verify", str(quote))
     assert refused.returncode == 1 and "SIMULATED" in refused.stderr
+
+
+def test_secret_as_environment_variable_or_file(shell, tmp_path):
+    from pylos.attest.secret_prov import ensure_server_identity
+
+    port = free_port()
+    ca, _, _ = ensure_server_identity(tmp_path / "identity", ["localhost", "127.0.0.1"])
+    (shell.root / "ca" / "ca.pem").write_bytes(ca.read_bytes())
+    server = f'server = "127.0.0.1:{port}", ca = "/ca/ca.pem"'
+    shell.build(f"pylos.secret_provisioning = {{ {server}, env = \"APP_SECRET\" }}\n")
+    signer = shell.sigstruct()["mr_signer"]
+    with secret_server(tmp_path, "", port, b"s3cret words",
+                       ("--mrsigner", signer)) as (_, server_log):
+        result = shell.run('echo "[$APP_SECRET]"')
+        assert result.returncode == 0, result.stderr + server_log()
+        assert result.stdout == "[s3cret words]\n"
+        shell.build(f"pylos.secret_provisioning = {{ {server}, file = \"/run/secret\" }}\n")
+        result = shell.run("cat /run/secret; echo; echo x > /run/secret || echo read-only")
+        assert result.returncode == 0, result.stderr + server_log()
+        assert result.stdout.startswith("s3cret words\n") and "read-only" in result.stdout
+        shell.build(f"pylos.secret_provisioning = {{ {server}, set_key = \"k\" }}\n")
+        result = shell.run("echo STARTED")
+        assert result.returncode == 2 and "STARTED" not in result.stdout
+        assert "is 12 bytes; a key is exactly 16" in result.stderr
+    assert not any(p.name == "secret" for p in shell.root.rglob("*"))
