@@ -57,8 +57,9 @@ def prepare_enclave(loaded: LoadedEnclave, config: EnclaveConfig, plan: ViewPlan
         cert, key = enclave_certificate(platform, loaded.identity, config.env)
         _place(plan, "pylos.ratls.cert", ratls["cert"], cert)
         _place(plan, "pylos.ratls.key", ratls["key"], key)
-        log("debug", f"RA-TLS certificate (SIMULATED evidence) at {ratls['cert']}, key at "
-            f"{ratls['key']} ({(time.perf_counter() - start) * 1000:.1f} ms)")
+        log("warning", f"RA-TLS certificate at {ratls['cert']} (key at {ratls['key']}) carries "
+            "SIMULATED evidence: verifiers accept it only when told to accept simulated quotes "
+            f"({(time.perf_counter() - start) * 1000:.1f} ms)")
     if provisioning:
         _provision(provisioning, config, plan, platform, loaded, log)
 
