@@ -408,10 +408,6 @@ def run(app: str, host_args: list[str],
         from pylos.attest.prestart import prepare_enclave
 
         prepare_enclave(loaded, config, plan, log)
-    if "pylos" in loaded.manifest.data:  # RA-TLS files, provisioned secrets: before the start
-        from pylos.attest.prestart import prepare_enclave
-
-        prepare_enclave(loaded, config, plan, log)
     # An empty host directory to mount the view's tmpfs on (tempfile costs 4 ms to import).
     newroot = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pylos-root-{os.urandom(8).hex()}")
     os.mkdir(newroot, 0o700)
