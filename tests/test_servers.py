@@ -22,9 +22,10 @@ import pytest
 
 from support import EXAMPLES, PROJECT_ROOT, PYLOS
 
-# name: (client tools `make check` needs, the last success line it prints)
+# name [make arguments]: (client tools `make check` needs, the last success line it prints)
 SERVERS = {
     "redis": (("redis-server", "redis-cli", "redis-benchmark"), "[ Success 5/5 ]"),
+    "redis ENCRYPTED=0": (("redis-server", "redis-cli", "redis-benchmark"), "[ Success 5/5 ]"),
     "nginx": (("nginx", "curl", "wrk"), "[ Success 4/4 ]"),
     "memcached": (("memcached", "memcslap"), "[ Success 3/3 ]"),
     "lighttpd": (("lighttpd", "curl", "wrk"), "[ Success 4/4 ]"),
@@ -86,8 +87,9 @@ def example(tmp_path: Path):
 def test_server_example_check(name: str, example, key: Path) -> None:
     tools, last = SERVERS[name]
     require("make", *tools)
-    result = make(example(name), "SGX=1", f"SGX_SIGNER_KEY={key}", f"PORT={free_port()}",
-                  "check")
+    directory, *make_args = name.split()
+    result = make(example(directory), "SGX=1", f"SGX_SIGNER_KEY={key}", f"PORT={free_port()}",
+                  *make_args, "check")
     assert result.returncode == 0, result.stdout
     assert last in result.stdout, result.stdout
 

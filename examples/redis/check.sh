@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source ../common_tools/server.sh
-: "${PYLOS:=pylos}" "${PORT:=6379}" "${ENCRYPTED:=0}"
+: "${PYLOS:=pylos}" "${PORT:=6379}" "${ENCRYPTED:=1}"
+: "${ENCRYPTION_KEY:=ffeeddccbbaa99887766554433221100}"
 cli() { redis-cli -h 127.0.0.1 -p "$PORT" "$@"; }
 VALUE="pylos-persisted-value-$$"
 
@@ -49,8 +50,12 @@ if [ "$ENCRYPTED" = 1 ]; then
         echo "data/dump.rdb holds plain text" >&2
         exit 1
     fi
-    echo "[ Success 5/5 ] the snapshot on the host is encrypted"
+    # ... and it is a Gramine protected file that the key opens (as gramine-sgx-pf-crypt).
+    printf "$(echo "$ENCRYPTION_KEY" | sed 's/../\\x&/g')" > OUTPUT.key
+    "$PYLOS" pf decrypt -w OUTPUT.key -i data/dump.rdb -o OUTPUT.dump.rdb > /dev/null
+    head -c 5 OUTPUT.dump.rdb | grep -q REDIS && grep -q "$VALUE" OUTPUT.dump.rdb
+    echo "[ Success 5/5 ] the snapshot on the host is encrypted (and decrypts with the key)"
 else
     grep -q "$VALUE" data/dump.rdb
-    echo "[ Success 5/5 ] the snapshot on the host holds the data (ENCRYPTED=1 encrypts it)"
+    echo "[ Success 5/5 ] the snapshot on the host holds the data in plain text (ENCRYPTED=0)"
 fi
