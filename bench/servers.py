@@ -40,6 +40,9 @@ class Example:
     port: int
     stop_signal: int = signal.SIGTERM
     overrides: dict[str, str] = field(default_factory=dict)  # in-enclave path -> host path
+    # Files a server leaves behind that the next contender must not find (redis's snapshot:
+    # plain natively, a protected file in the enclave).
+    state: tuple[str, ...] = ()
 
     def manifest(self) -> dict:
         return tomllib.loads((self.directory / f"{self.app}.manifest").read_text())
@@ -115,6 +118,8 @@ def running(example: Example, contender: Contender, pylos: str
             ) -> Iterator[subprocess.Popen]:
     """One server of `example` under `contender`, stopped (its whole process group) after."""
     log = example.directory / f"OUTPUT.{contender.name.replace(' ', '-')}"
+    for name in example.state:
+        (example.directory / name).unlink(missing_ok=True)
     if contender.wrap is None:
         argv, env, cwd = [pylos, "run", example.app], None, example.directory
     else:
