@@ -199,6 +199,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for workload in ("redis-benchmark GET", "redis-benchmark SET",
                      "nginx, 10 KB page, open_file_cache", "nginx, 10 KB page, no open_file",
                      "memcached GET", "memcached SET", "lighttpd", "python http.server",
+                     "dd sequential write", "dd sequential read",
                      "helloworld", "import json", "bash loop", "open+close", "getpid"):
         titles = [title for title in tables if workload in title]
         assert len(titles) == 1, f"{workload}: {list(tables)}"
