@@ -509,7 +509,7 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
         _join_user_namespace(creator)
     for warning in view["warnings"]:
         log("warning", warning)
-    config.fuse.start(root_fds[1:], root_fds[0], log)
+    config.fuse.start(root_fds[1:], root_fds[0], log, close=fds)
     listener = seccomp.Listener(fds[0])
     listener.enable_sync_wake_up()
     # Verified hashes of the files this manifest's runs used, not the global cache of

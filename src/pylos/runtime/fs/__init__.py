@@ -11,8 +11,8 @@ How a FUSE mount comes to be (`runtime/launcher.py` calls these, in this order):
    "fd=N,rootmode=...,allow_other,default_permissions")` on the placeholders the view left
    (a tmpfs directory, or an empty read-only file for a single-file mount).
 4. The descriptors travel to the supervisor with the view's root (SCM_RIGHTS); once it has
-   dropped its host privileges, `FuseSetup.start` serves each in its own thread, and
-   `FuseSetup.stop` flushes everything when the enclave has ended.
+   dropped its host privileges, `FuseSetup.start` forks the FUSE server process (a thread per
+   mount), and `FuseSetup.stop` waits for it to flush everything once the enclave has ended.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pylos.errors import PylosError
@@ -28,7 +28,6 @@ from pylos.runtime.keys import KeyStore
 
 if TYPE_CHECKING:
     from pylos.runtime.config import EnclaveConfig, Mount
-    from pylos.runtime.fs.fuse import FuseServer
     from pylos.sgx.structs import ReportBody
 
 ATTESTATION_PATH = "/dev/attestation"
@@ -129,7 +128,7 @@ class FuseSetup:
     attestation_type: str
     uid: int
     gid: int
-    servers: list[FuseServer] = field(default_factory=list)
+    server_pid: int | None = None
 
     @classmethod
     def prepare(cls, config: EnclaveConfig, manifest_data: dict,
@@ -147,11 +146,55 @@ class FuseSetup:
         attestation_type = manifest_data.get("sgx", {}).get("remote_attestation", "none")
         return cls(mounts, keys, identity, attestation_type, config.uid, config.gid)
 
-    def start(self, fds: list[int], root_fd: int, log: Callable[[str, str], None]) -> None:
-        """Serve each mounted descriptor (the supervisor has joined the enclave's namespace)."""
+    def start(self, fds: list[int], root_fd: int, log: Callable[[str, str], None],
+              close: list[int] | None = None) -> None:
+        """Serve the mounted descriptors in a process of their own (threads, one per mount).
+
+        Not threads of the supervisor: the supervisor's own opens for the program reach these
+        mounts, and a process killed (SIGKILL) while one of its threads waits for a FUSE answer
+        that another of its threads owes never dies: the waiting thread is uninterruptible and
+        the serving one is gone. A separate server answers, then dies with its parent
+        (PDEATHSIG). `close`: the supervisor's descriptors the server must not keep open.
+        Keys set (`KeyStore.set`) after this call do not reach the server.
+        """
+        if not fds:
+            return
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for fd in close or []:
+                    os.close(fd)
+                code = self._serve(fds, root_fd, log)
+            except BaseException as exc:
+                log("error", f"the FUSE server failed: {exc!r}")
+            finally:
+                os._exit(code)
+        self.server_pid = pid
+        for fd in fds:
+            os.close(fd)
+
+    def _serve(self, fds: list[int], root_fd: int, log: Callable[[str, str], None]) -> int:
+        """The FUSE server process: until every mount is gone, then flush and exit."""
+        import ctypes
+        import signal
+
         from pylos.runtime.fs.attestation import AttestationFs
         from pylos.runtime.fs.fuse import Driver, FuseServer
 
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        # Ctrl-C and friends are for the program; the server ends when the enclave does.
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP):
+            signal.signal(sig, signal.SIG_IGN)
+        servers: list[FuseServer] = []
+
+        def flush_and_exit(_sig: int, _frame: object) -> None:
+            for server in servers:
+                with server.lock:
+                    server.driver.destroy()
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, flush_and_exit)
         for spec, fd in zip(self.mounts, fds, strict=False):
             driver: Driver
             if spec.kind == "encrypted":
@@ -171,15 +214,24 @@ class FuseSetup:
                 driver = attestation
             server = FuseServer(fd, driver, log, spec.path)
             server.start()
-            self.servers.append(server)
+            servers.append(server)
+        for server in servers:
+            assert server.thread is not None
+            server.thread.join()  # each flushes its files when its mount goes away
+        return 0
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """The enclave has ended: its mounts go away, each server flushes and stops. A server
-        still waiting after `timeout` is flushed from here."""
-        for server in self.servers:
-            if server.thread is not None:
-                server.thread.join(timeout)
-            with server.lock:
-                server.driver.destroy()
-            os.close(server.fd)
-        self.servers.clear()
+    def stop(self, timeout: float = 60.0) -> None:
+        """The enclave has ended, so have its mounts: wait for the server to flush and exit
+        (after `timeout`, SIGTERM makes it flush and exit at once)."""
+        import select
+
+        if self.server_pid is None:
+            return
+        pidfd = os.pidfd_open(self.server_pid)
+        try:
+            if not select.select([pidfd], [], [], timeout)[0]:
+                os.kill(self.server_pid, 15)
+        finally:
+            os.close(pidfd)
+        os.waitpid(self.server_pid, 0)
+        self.server_pid = None
