@@ -26,6 +26,7 @@ import errno
 import os
 import signal
 import struct
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pylos.errors import PylosError
@@ -54,9 +55,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-def translation_needed(config: EnclaveConfig) -> list[str]:
-    """What in this manifest needs a private view (so cannot run with identity mounts)."""
-    problems = []
+def translation_needed(config: EnclaveConfig, synthesized: Iterable[str] = ()) -> list[str]:
+    """What in this manifest needs a private view (so cannot run with identity mounts):
+    `synthesized` are the files the view would hold (RA-TLS credentials, provisioned
+    secrets, resolv.conf), which have no place on the host's own file system."""
+    problems = [f"the file '{path}' made for the enclave" for path in synthesized]
     if config.root.host != "/":
         problems.append(f"fs.root is '{config.root.host}' on the host, not '/'")
     for mount in config.mounts:
@@ -64,14 +67,12 @@ def translation_needed(config: EnclaveConfig) -> list[str]:
             problems.append(f"the {mount.type} mount at '{mount.path}'")
         elif mount.host != mount.path:
             problems.append(f"'{mount.path}' is '{mount.host}' on the host")
-    if config.extra_runtime_domain_names_conf:
-        problems.append("sys.enable_extra_runtime_domain_names_conf (a synthesized "
-                        "/etc/resolv.conf)")
     return problems
 
 
-def check_identity_possible(config: EnclaveConfig, reason: str, fix: str) -> None:
-    problems = translation_needed(config)
+def check_identity_possible(config: EnclaveConfig, reason: str, fix: str,
+                            synthesized: Iterable[str] = ()) -> None:
+    problems = translation_needed(config, synthesized)
     if problems:
         raise PylosError(
             f"Linux namespaces are unavailable here ({reason}), so pylos can only run with "
