@@ -1,4 +1,4 @@
-"""Shared fixtures: ground-truth data from ../shared (read in place) and an isolated cache."""
+"""Shared fixtures: ground-truth data (tests/data/) and an isolated cache."""
 
 from __future__ import annotations
 

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED = PROJECT_ROOT.parent / "shared"
-TESTDATA = SHARED / "testdata"
-SPECS = SHARED / "specs"
+TESTDATA = PROJECT_ROOT / "tests" / "data"  # ground truth kept in the repository (README there)
+GRAMINE_TEMPLATES = TESTDATA / "gramine-templates"
 EXAMPLES = PROJECT_ROOT / "examples"
 PYLOS = str(Path(sys.executable).with_name("pylos"))
 
 
 def gramine_template(name: str) -> str:
-    """A Gramine CI-Examples template, verbatim from the manifest spec (§9), read in place."""
-    text = (SPECS / "gramine-manifest.md").read_text()
-    match = re.search(rf"### `{re.escape(name)}`\n+```toml\n(.*?)```", text, re.S)
-    if match is None:
-        raise LookupError(f"template {name} not found in {SPECS / 'gramine-manifest.md'}")
-    return match.group(1)
+    """A Gramine CI-Examples template, verbatim (e.g. "python/python.manifest.template")."""
+    path = GRAMINE_TEMPLATES / name
+    if not path.is_file():
+        raise LookupError(f"Gramine template {name} not found in {GRAMINE_TEMPLATES}")
+    return path.read_text()
 
 
 def run_pylos(*args: str, cwd: Path | None = None, env: dict | None = None,

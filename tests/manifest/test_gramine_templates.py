@@ -1,5 +1,5 @@
-"""Gramine's CI-Examples templates, verbatim from the spec, render and validate with the -D
-values their Makefiles pass (spec §9)."""
+"""Gramine's CI-Examples templates, verbatim (tests/data/gramine-templates/), render and validate
+with the -D values their Makefiles pass (listed in tests/data/README.md)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pylos.errors import PylosError
 from pylos.sgx import keys
 
-SIGSTRUCT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "sigstruct"
+from support import TESTDATA
+
+SIGSTRUCT_DATA = TESTDATA / "sigstruct"
 
 
 @pytest.fixture(scope="module")

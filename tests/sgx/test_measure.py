@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,9 @@ from pylos.sgx.measure import (
 )
 from pylos.sgx.structs import PAGE_SIZE, SECINFO_PT_REG, SECINFO_R, SECINFO_W
 
-SIGSTRUCT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "sigstruct"
+from support import TESTDATA
+
+SIGSTRUCT_DATA = TESTDATA / "sigstruct"
 
 CASES = [
     ("test_enclave.sgxs", "784acfd7d5096a8f0fbd3265760bff21b120f62407a9a9e5ba31aa3c8ed198fc",

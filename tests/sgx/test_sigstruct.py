@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -19,7 +18,9 @@ from pylos.sgx.sigstruct import (
 )
 from pylos.sgx.structs import Attributes
 
-SIGSTRUCT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "sigstruct"
+from support import TESTDATA
+
+SIGSTRUCT_DATA = TESTDATA / "sigstruct"
 FILES = ["test_enclave.sig", "sig1.sigstruct.bin"]
 # SHA-256 DigestInfo prefix, spelled out here rather than taken from the module under test.
 DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,9 @@ from pylos.sgx.structs import (
     ReportBody,
 )
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
-QUOTE_BODY_OFFSET = 48  # the report body inside a v3 quote (sgx-formats.md §2)
+from support import TESTDATA
+
+QUOTE_BODY_OFFSET = 48  # the report body inside a v3 quote (docs/formats.md)
 
 
 def test_attributes_pack_little_endian():
