@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "dcap"
+TESTDATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "dcap"
 
 
 def median_ms(fn: Callable[[], object], rounds: int) -> tuple[float, float, float]:
