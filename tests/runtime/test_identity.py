@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pylos.runtime.identity import landlock_abi
+from pylos.runtime import landlock
 
 from support import PYLOS, run_pylos
 
@@ -68,7 +68,7 @@ def test_runs_with_identity_mounts_and_says_so(app: Path) -> None:
     assert result.stderr.count("namespaces are unavailable") == 1
 
 
-@pytest.mark.skipif(landlock_abi() < 3, reason="needs Landlock ABI 3 (truncate)")
+@pytest.mark.skipif(landlock.abi() < 3, reason="needs Landlock ABI 3 (truncate)")
 def test_policy_holds_without_namespaces(app: Path) -> None:
     secret = app.parent / "secret.txt"
     outside = app / "created-outside.txt"

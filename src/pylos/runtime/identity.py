@@ -21,15 +21,14 @@ At exit, init (a child subreaper) kills whatever the program left running.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import signal
-import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pylos.errors import PylosError
+from pylos.runtime import landlock
 
 if TYPE_CHECKING:
     from pylos.runtime.config import EnclaveConfig
@@ -37,23 +36,6 @@ if TYPE_CHECKING:
 # Why unshare(CLONE_NEWUSER | ...) fails on hosts that forbid it.
 UNAVAILABLE_ERRNOS = (errno.EPERM, errno.EACCES, errno.ENOSPC, errno.EINVAL, errno.EUSERS,
                       errno.ENOSYS)
-
-# Landlock (linux/landlock.h).
-SYS_LANDLOCK_CREATE_RULESET = 444
-SYS_LANDLOCK_ADD_RULE = 445
-SYS_LANDLOCK_RESTRICT_SELF = 446
-LANDLOCK_CREATE_RULESET_VERSION = 1
-LANDLOCK_RULE_PATH_BENEATH = 1
-EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
-FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
-RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 5: (1 << 16) - 1}
-READ_ONLY = EXECUTE | READ_FILE | READ_DIR
-PATH_BENEATH = struct.Struct("<Qi")  # packed: allowed_access u64, parent_fd s32
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
 
 def translation_needed(config: EnclaveConfig, synthesized: Iterable[str] = ()) -> list[str]:
     """What in this manifest needs a private view (so cannot run with identity mounts):
@@ -81,58 +63,14 @@ def check_identity_possible(config: EnclaveConfig, reason: str, fix: str,
             "or mount every host path at its own path with fs.root = \"file:/\"")
 
 
-def landlock_abi() -> int:
-    """The kernel's Landlock ABI version; 0 when Landlock is unavailable."""
-    version = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0,
-                            LANDLOCK_CREATE_RULESET_VERSION)
-    return max(int(version), 0)
-
-
 def landlock_rules(config: EnclaveConfig) -> list[tuple[str, int]]:
-    """(host path, access rights) the program keeps; everything else is out of reach."""
-    rules = [(mount.host, READ_ONLY) for mount in [config.root, *config.mounts] if mount.host]
-    rules += [(path.rstrip("/") or "/", -1) for path in config.allowed]  # -1: every right
-    rules += [("/dev", READ_FILE | WRITE_FILE | READ_DIR | IOCTL_DEV), ("/dev/shm", -1),
-              ("/proc", READ_FILE | WRITE_FILE | READ_DIR)]
-    return rules
-
-
-def confine(config: EnclaveConfig) -> None:
-    """Landlock the calling process (the program, just before its exec) to the manifest."""
-    abi = landlock_abi()
-    if abi == 0:
-        raise OSError(errno.ENOSYS, "Landlock is unavailable: without namespaces pylos cannot "
-                      "confine the program's untrapped file system calls")
-    handled = RIGHTS_BY_ABI[max(v for v in RIGHTS_BY_ABI if v <= abi)]
-    attr = struct.pack("<Q", handled)
-    ruleset = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, attr, len(attr), 0)
-    if ruleset < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"landlock_create_ruleset: {os.strerror(err)}")
-    try:
-        for path, rights in landlock_rules(config):
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue  # a missing path grants nothing
-            try:
-                allowed = handled if rights == -1 else rights & handled
-                if not os.path.isdir(f"/proc/self/fd/{fd}"):
-                    allowed &= FILE_RIGHTS
-                rule = PATH_BENEATH.pack(allowed, fd)
-                if _libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH,
-                                 rule, 0) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"landlock_add_rule {path}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-        if _libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: Landlock requires it
-            raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
-        if _libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"landlock_restrict_self: {os.strerror(err)}")
-    finally:
-        os.close(ruleset)
+    """(host path, access rights) the program keeps (runtime/landlock.py); everything else
+    is out of reach. Exec only from the manifest's mounts: the host's file system is there
+    as it is (no noexec binds)."""
+    rules = [(mount.host, landlock.READ_ONLY | landlock.EXECUTE)
+             for mount in [config.root, *config.mounts] if mount.host]
+    rules += [(path.rstrip("/") or "/", landlock.WRITABLE) for path in config.allowed]
+    return [*rules, *landlock.DEVICES_AND_PROC]
 
 
 def allowed_prefixes(config: EnclaveConfig) -> tuple[tuple[str, ...], frozenset[str]]:

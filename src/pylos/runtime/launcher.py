@@ -21,13 +21,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import marshal
 import os
 import resource
 import select
 import signal
 import socket
+import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,8 +76,21 @@ NOT_IMPLEMENTED = ("io_uring_setup", "io_uring_enter", "io_uring_register", "clo
 # ioctls that push input into a terminal: a program sharing the user's terminal could type
 # commands into the shell that started `pylos run` (TIOCSTI; TIOCLINUX's selection paste).
 TERMINAL_INJECTION = (0x5412, 0x541C)  # TIOCSTI, TIOCLINUX
+SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
+DEVICE_NODE_BIT = 0o020000  # in S_IFCHR (0o020000) and S_IFBLK (0o060000)
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What the program's process applies to itself just before its exec: the seccomp
+    filter, and Landlock's rules (none when the kernel has no Landlock: `landlock_abi` 0)."""
+
+    seccomp_filter: bytes
+    landlock_rules: tuple[tuple[str, int], ...]
+    landlock_abi: int
 
 
 def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
@@ -115,6 +131,22 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
         rules.append(seccomp.SizeRule(SYSCALLS["mmap"], 3, memory.MAP_ANONYMOUS, 1,
                                       memory.LARGE_MMAP, seccomp.RET_USER_NOTIF))
         handlers[SYSCALLS["mmap"]] = memory.handle_large_mmap
+    # No set-id bits leave the enclave: a set-uid file made in an allowed directory is a
+    # set-uid file on the host (set-uid root when pylos runs as root). Modes are registers,
+    # so the filter decides alone. mknod: no device nodes either (S_IFCHR and S_IFBLK share
+    # bit 0o020000, which no other node type mknod accepts has).
+    refused = seccomp.errno_action(errno.EPERM)
+    for name, mode_arg in (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2),
+                           ("mknod", 1), ("mknodat", 2)):
+        checks = ((SET_ID_BITS, refused),) if "chmod" in name else (
+            (SET_ID_BITS, refused), (DEVICE_NODE_BIT, refused))
+        if SYSCALLS[name] not in actions:
+            rules.append(seccomp.ArgRule(SYSCALLS[name], mode_arg, checks, seccomp.RET_ALLOW))
+    # Extended attributes: Gramine has none. Setting them is refused as a file system without
+    # them refuses it (tools such as cp -a carry on): security.capability on a file in an
+    # allowed directory would be a file capability on the host.
+    for name in ("setxattr", "lsetxattr", "fsetxattr", "setxattrat"):
+        actions.setdefault(SYSCALLS[name], seccomp.errno_action(errno.EOPNOTSUPP))
     if SYSCALLS["ioctl"] not in actions:  # a mocked ioctl never reaches the terminal
         rules.append(seccomp.ArgRule(
             SYSCALLS["ioctl"], 1,
@@ -165,6 +197,54 @@ def view_plan(config: EnclaveConfig) -> ViewPlan:
         loader_search=[*search, "/lib", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"],
         synthesized=synthesized,
     )
+
+
+def view_rules(config: EnclaveConfig, plan: ViewPlan) -> tuple[tuple[str, int], ...]:
+    """Landlock's rules for the view (runtime/landlock.py): the program may read anywhere in
+    it, and write, create, remove, rename, link and truncate only where the manifest lets it
+    write (allowed binds, tmpfs and encrypted mounts, a writable fs.root, /dev/shm).
+
+    Execute is granted on the whole view: which files may run is decided by the view's mount
+    flags (host binds are noexec) and the trapped exec, because verified copies are staged
+    over their own paths, wherever those lie in the view (runtime/staging.py).
+    """
+    from pylos.runtime import landlock
+
+    root = landlock.READ_ONLY | landlock.EXECUTE | (
+        landlock.WRITABLE if plan.root_writable else 0)
+    rules = [("/", root)]
+    rules += [(bind.path, landlock.WRITABLE) for bind in plan.binds
+              if isinstance(bind, Bind) and bind.writable]
+    rules += [(mount.path, landlock.WRITABLE) for mount in config.mounts
+              if mount.type in ("tmpfs", "encrypted")]
+    return (*rules, *landlock.DEVICES_AND_PROC)
+
+
+STANDARD_STREAMS = ("standard input", "standard output", "standard error")
+
+
+def _replace_unsafe_standard_descriptors(log: Log) -> None:
+    """A standard descriptor that is a directory (or an O_PATH handle of anything) would be a
+    door to the host inside the enclave (fchdir, openat on it): /dev/null takes its place.
+
+    Python cannot even start with a directory there: the `pylos` launcher (scripts/setup)
+    has already replaced those and names them in PYLOS_REPLACED_STDIO.
+    """
+    replaced = {int(fd): "a directory" for fd in
+                os.environ.pop("PYLOS_REPLACED_STDIO", "").split() if fd in ("0", "1", "2")}
+    for fd in range(3):
+        try:
+            is_path_handle = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH
+        except OSError:
+            continue  # closed: the program finds it closed too
+        if is_path_handle or stat.S_ISDIR(os.fstat(fd).st_mode):
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, fd)
+            os.close(null)
+            replaced[fd] = "an O_PATH handle" if is_path_handle else "a directory"
+    for fd, what in sorted(replaced.items()):
+        log("warning", f"{STANDARD_STREAMS[fd]} (fd {fd}) is {what}: replaced by /dev/null, so "
+            "the enclave cannot reach the host through it")
 
 
 RESOLV_OPTIONS = ("edns0", "inet6", "rotate", "use-vc")
@@ -222,7 +302,7 @@ def _set_pdeathsig() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _program(config: EnclaveConfig, program_filter: bytes, channel: socket.socket,
+def _program(config: EnclaveConfig, confinement: Confinement, channel: socket.socket,
              identity: bool) -> None:
     """The program's process, just before exec (never returns)."""
     _set_pdeathsig()
@@ -242,18 +322,23 @@ def _program(config: EnclaveConfig, program_filter: bytes, channel: socket.socke
     resource.setrlimit(resource.RLIMIT_AS, (config.enclave_size, config.enclave_size))
     if config.disable_aslr:
         _libc.personality(ADDR_NO_RANDOMIZE)
-    if identity:
-        from pylos.runtime.identity import confine
+    if confinement.landlock_abi:
+        from pylos.runtime import landlock
 
-        confine(config)  # no view: Landlock keeps untrapped calls to the manifest's paths
-    listener = seccomp.install_filter(program_filter)
+        landlock.confine(confinement.landlock_rules, confinement.landlock_abi)
+    listener = seccomp.install_filter(confinement.seccomp_filter)
     socket.send_fds(channel, [b"L"], [listener])
     os.close(listener)
     channel.close()
+    # Nothing but standard input, output and error crosses into the program: descriptors the
+    # caller of `pylos run` left open (a shell's `exec 9</dir`, a runner's pipes) would be
+    # doors to the host (fchdir to a host directory), and ours are not the program's business.
+    if _libc.syscall(SYSCALLS["close_range"], 3, 0xFFFFFFFF, 0) != 0:  # also above the limit
+        raise OSError(ctypes.get_errno(), "close_range")
     os.execve(config.entrypoint, config.argv, config.env)
 
 
-def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: bytes,
+def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Confinement,
           channel: socket.socket, staging_channel: socket.socket, identity: bool) -> int:
     """PID 1 of the enclave: build the view, start the program, reap, exit with its status.
 
@@ -290,7 +375,7 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, program_filter: b
     program = os.fork()
     if program == 0:
         try:
-            _program(config, program_filter, channel, identity)
+            _program(config, confinement, channel, identity)
         except BaseException as exc:
             detail = exc.strerror if isinstance(exc, OSError) else str(exc)
             os.write(2, f"[pylos] error: cannot start {config.entrypoint}: {detail}\n".encode())
@@ -336,7 +421,7 @@ def _serve_until_exit(program: int, staging: StagingArea | None,
 
 
 def _namespace_creator(config: EnclaveConfig, plan: ViewPlan, newroot: str,
-                       program_filter: bytes, channel: socket.socket,
+                       confinement: Confinement, channel: socket.socket,
                        staging_channel: socket.socket, identity: bool) -> int:
     _set_pdeathsig()
     # Out of the supervisor's process group: kill(0, sig) from init's group must not reach it.
@@ -357,7 +442,7 @@ def _namespace_creator(config: EnclaveConfig, plan: ViewPlan, newroot: str,
     if init == 0:
         code = 1
         try:
-            code = _init(config, plan, newroot, program_filter, channel, staging_channel,
+            code = _init(config, plan, newroot, confinement, channel, staging_channel,
                          identity)
         except PylosError as exc:
             channel.send(marshal.dumps({"error": str(exc)}))
@@ -402,18 +487,26 @@ def run(app: str, host_args: list[str],
     log("warning", f"enclave memory limit (sgx.enclave_size): {config.enclave_size} bytes, "
         "enforced as each process's address-space limit")
 
+    _replace_unsafe_standard_descriptors(log)
+
     program_filter, handlers = filter_for(config)
     plan = view_plan(config)
     if "pylos" in loaded.manifest.data:  # RA-TLS files, provisioned secrets: before the start
         from pylos.attest.prestart import prepare_enclave
 
         prepare_enclave(loaded, config, plan, log)
+    from pylos.runtime import landlock
+
+    landlock_abi = landlock.abi()
+    for missing in landlock.missing_features(landlock_abi):
+        log("warning", f"this kernel's Landlock lacks {missing}")
+    confinement = Confinement(program_filter, view_rules(config, plan), landlock_abi)
     # An empty host directory to mount the view's tmpfs on (tempfile costs 4 ms to import).
     newroot = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pylos-root-{os.urandom(8).hex()}")
     os.mkdir(newroot, 0o700)
     program_umask = os.umask(0)  # ours is 0: emulated creates apply the program's own umask
     try:
-        return _start(config, log, plan, program_filter, handlers, newroot, loaded.digest,
+        return _start(config, log, plan, confinement, handlers, newroot,
                       program_umask, identity=False)
     except _NamespacesUnavailable as exc:
         from pylos.runtime.identity import check_identity_possible
@@ -425,7 +518,13 @@ def run(app: str, host_args: list[str],
             "host's /proc, no /dev/attestation, loader.uid/gid not applied "
             "(see docs/runtime.md)")
         config.fuse.mounts = []
-        return _start(config, log, plan, program_filter, handlers, newroot, loaded.digest,
+        if not landlock_abi:
+            raise PylosError("Linux namespaces and Landlock are both unavailable here: pylos "
+                             "cannot confine the program's file system calls") from None
+        from pylos.runtime.identity import landlock_rules
+
+        confinement = Confinement(program_filter, tuple(landlock_rules(config)), landlock_abi)
+        return _start(config, log, plan, confinement, handlers, newroot,
                       program_umask, identity=True)
     finally:
         os.rmdir(newroot)
@@ -437,8 +536,8 @@ class _NamespacesUnavailable(Exception):
         self.reason = reason
 
 
-def _start(config: EnclaveConfig, log: Log, plan: ViewPlan, program_filter: bytes,
-           handlers: dict, newroot: str, manifest_digest: str, program_umask: int,
+def _start(config: EnclaveConfig, log: Log, plan: ViewPlan, confinement: Confinement,
+           handlers: dict, newroot: str, program_umask: int,
            identity: bool) -> int:
     """Start the enclave's processes and supervise them until the program has ended."""
     supervisor_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -450,7 +549,7 @@ def _start(config: EnclaveConfig, log: Log, plan: ViewPlan, program_filter: byte
         code = 1
         os.umask(program_umask)
         try:
-            code = _namespace_creator(config, plan, newroot, program_filter, child_end,
+            code = _namespace_creator(config, plan, newroot, confinement, child_end,
                                       init_staging_end, identity)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -461,12 +560,11 @@ def _start(config: EnclaveConfig, log: Log, plan: ViewPlan, program_filter: byte
     if identity:
         staging_end.close()
     return _supervise(config, log, handlers, supervisor_end, creator,
-                      None if identity else Stager(staging_end), manifest_digest)
+                      None if identity else Stager(staging_end))
 
 
 def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.socket,
-               creator: int, stager: Stager | None, manifest_digest: str) -> int:
-    from pylos.hashing import HashCache, cache_dir
+               creator: int, stager: Stager | None) -> int:
     from pylos.runtime.identity import IdentityPolicy
     from pylos.runtime.policy import FilePolicy, TrustedFiles
     from pylos.runtime.supervisor import Supervisor
@@ -512,10 +610,7 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
     config.fuse.start(root_fds[1:], root_fds[0], log, close=fds)
     listener = seccomp.Listener(fds[0])
     listener.enable_sync_wake_up()
-    # Verified hashes of the files this manifest's runs used, not the global cache of
-    # `pylos manifest` (every file ever hashed: megabytes to load at each start).
-    verified = HashCache(cache_dir() / "manifests" / f"{manifest_digest}.verified.marshal")
-    policy = FilePolicy(TrustedFiles(config.trusted, verified, log,
+    policy = FilePolicy(TrustedFiles(config.trusted, log,
                                      config.host_path_of, config.decrypt_trusted),
                         set(view["writable"]), set(view["private"]), config.allow_all_but_log, log,
                         IdentityPolicy(config) if stager is None else None)
@@ -524,7 +619,8 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
         supervisor.run()
     finally:
         os.close(listener.fd)
-        policy.trusted.save_cache()
+        log("debug", f"trusted files verified in this run: {policy.trusted.bytes_hashed} bytes "
+            "hashed")
     _, status = os.waitpid(creator, 0)
     config.fuse.stop()  # the enclave's mounts are gone: flush every encrypted file
     if supervisor.out_of_memory and status != 0:

@@ -144,10 +144,11 @@ class ViewBuilder:
 
     @staticmethod
     def restrict(target: str, readonly: bool = True, noexec: bool = False) -> None:
-        """Remount the bind at `target` read-only and/or noexec."""
+        """Remount the bind at `target` nosuid, and read-only and/or noexec."""
         # Flags locked by the user namespace (nosuid, nodev, noexec, ro) must be kept.
+        # nosuid always: a set-id file on the host never gains privileges inside.
         st = os.statvfs(target)
-        flags = MS_REMOUNT | MS_BIND | (MS_RDONLY if readonly else 0) | (
+        flags = MS_REMOUNT | MS_BIND | MS_NOSUID | (MS_RDONLY if readonly else 0) | (
             MS_NOEXEC if noexec else 0)
         for flag, bit in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
                           (os.ST_NOEXEC, MS_NOEXEC), (os.ST_RDONLY, MS_RDONLY)):

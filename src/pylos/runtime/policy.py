@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pylos.hashing import FileKey, HashCache
+from pylos.hashing import FileKey
 from pylos.runtime.identity import IdentityPolicy
 from pylos.runtime.target import mount_id
 
@@ -45,24 +45,20 @@ class Verified:
 class TrustedFiles:
     """Trusted host files by inode, and their verified, sealed in-memory copies."""
 
-    def __init__(self, expected: dict[str, str], cache: HashCache,
-                 log: Callable[[str, str], None],
+    def __init__(self, expected: dict[str, str], log: Callable[[str, str], None],
                  host_path_of: Callable[[str], str | None] = lambda _path: None,
                  decrypt: Callable[[int, str], bytes | None] | None = None) -> None:
         self._expected_by_path = expected
         self._decrypt = decrypt
         self._host_path_of = host_path_of
         self._by_inode: dict[tuple[int, int], tuple[str, str]] | None = None
-        self._cache = cache
         self._log = log
+        self.bytes_hashed = 0  # this run's, for the log
         self._copies: dict[FileKey, Verified] = {}
         self._known: dict[tuple[int, int], tuple[str, str]] = {}  # inode -> (host, sha256)
         # (device, inode) of the copies staged in the view for exec (runtime/staging.py):
         # verified bytes on a read-only private tmpfs.
         self.staged: set[tuple[int, int]] = set()
-
-    def save_cache(self) -> None:
-        self._cache.save()
 
     def lookup(self, st: os.stat_result, fd: int | None = None) -> tuple[str, str] | None:
         """(host path, sha256) of the trusted file with this inode, if it is one.
@@ -122,12 +118,12 @@ class TrustedFiles:
             if FileKey.from_stat(os.fstat(fd)) != key or offset != key.size:
                 raise PolicyError(errno.EPERM, f"Trusted file '{host_path}' changed while it was "
                                   "being verified")
-            digest = self._cache.get(key)
-            if digest is None:
-                with os.fdopen(os.dup(memfd), "rb") as copy:
-                    copy.seek(0)
-                    digest = hashlib.file_digest(copy, "sha256").hexdigest()
-                self._cache.put(key, digest)
+            # Hashed from the copy every run, as Gramine hashes inside the enclave: no cache
+            # the host could rewrite decides what counts as verified.
+            with os.fdopen(os.dup(memfd), "rb") as copy:
+                copy.seek(0)
+                digest = hashlib.file_digest(copy, "sha256").hexdigest()
+            self.bytes_hashed += key.size
             if digest != expected:
                 raise PolicyError(
                     errno.EPERM,
@@ -145,6 +141,7 @@ class TrustedFiles:
     def _seal_plaintext(self, memfd: int, plain: bytes, host_path: str, expected: str,
                         key: FileKey) -> Verified:
         digest = hashlib.sha256(plain).hexdigest()
+        self.bytes_hashed += len(plain)
         if digest != expected:
             raise PolicyError(errno.EPERM, f"Hash of trusted file '{host_path}' does not match "
                               f"with the reference hash in manifest (expected {expected}, "
