@@ -26,7 +26,7 @@ VERSIONS = ("v1", "v2")
 
 
 def test_kdf_vector() -> None:
-    """Spec §12: enc_v2_small.pf's nonce under key 00..0f gives this metadata key."""
+    """enc_v2_small.pf's nonce under key 00..0f gives this metadata key (docs/formats.md)."""
     nonce = bytes.fromhex("dbe0b398ce27d4c4e7220129307dbda9b9ee3e1893cc7e5c43bd9f8c26839ed7")
     assert (GT / "enc_v2_small.pf").read_bytes()[10:42] == nonce
     assert metadata_key(wrap_key(), nonce).hex() == "80b7fd85e8773b03c6224d16775e273e"

@@ -1,4 +1,4 @@
-"""`/dev/attestation` in `pylos run` (Gramine semantics, sgx-formats.md §11) with Python in the
+"""`/dev/attestation` in `pylos run` (Gramine semantics, docs/formats.md) with Python in the
 enclave: Gramine's CI-Examples `sgx-report.py` / `sgx-quote.py` verbatim, per-process state,
 keys/ and the sealing keys (Gramine's `sealed_file_mod` behaviour across a rebuild)."""
 

@@ -1,4 +1,4 @@
-"""The simulated Intel provisioning: a PCK certificate chain and DCAP collateral (§9, §10).
+"""The simulated Intel provisioning: a PCK certificate chain and DCAP collateral (docs/formats.md).
 
 Real SGX platforms get a PCK certificate (with the SGX extension: FMSPC, TCB SVNs, PCE-ID)
 from Intel, chained leaf → "Intel SGX PCK Processor CA" → "Intel SGX Root CA"; verifiers fetch

@@ -1,4 +1,4 @@
-"""DCAP ECDSA quotes, version 3 (`sgx-formats.md` §8): the structure, and simulated quoting.
+"""DCAP ECDSA quotes, version 3 (docs/formats.md): the structure, and simulated quoting.
 
 `Quote.unpack` parses real and simulated quotes alike by their length fields; `make_quote` is
 the simulated quoting enclave: it signs an enclave's report body with the platform's

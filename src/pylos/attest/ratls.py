@@ -1,4 +1,4 @@
-"""RA-TLS certificates (`sgx-formats.md` §13): made inside the enclave, verified anywhere.
+"""RA-TLS certificates (docs/formats.md): made inside the enclave, verified anywhere.
 
 An RA-TLS certificate is a self-signed X.509 certificate whose key was generated in the
 enclave, carrying a quote whose REPORTDATA binds that key. pylos emits what Gramine ≥ 1.8

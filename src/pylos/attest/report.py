@@ -1,4 +1,4 @@
-"""Simulated EREPORT: the 432-byte REPORT an enclave makes for a target enclave (§3).
+"""Simulated EREPORT: the 432-byte REPORT an enclave makes for a target enclave (docs/formats.md).
 
 REPORT = report body (the caller's identity with its report_data) ‖ KEYID ‖ AES-128-CMAC over
 the body under the *target's* report key. Only the target (whose EGETKEY(REPORT) gives the

@@ -1,4 +1,4 @@
-"""Secret provisioning over RA-TLS, in Gramine's wire protocol (`sgx-formats.md` §14).
+"""Secret provisioning over RA-TLS, in Gramine's wire protocol (docs/formats.md).
 
 The enclave (client) connects with its RA-TLS certificate as TLS client certificate and
 checks the server against a CA it trusts; the server verifies the client's evidence against

@@ -1,6 +1,6 @@
 """Quote verification: real DCAP quotes against Intel's root, simulated ones against pylos's.
 
-One path for both (`sgx-formats.md` §9): the quote's PCK chain names its root; a root whose
+One path for both (docs/attestation.md): the quote's PCK chain names its root; a root whose
 public key is Intel's SGX Root CA key (pinned here: Intel reissued the certificate with the
 same key) makes a *real* quote, verified with `dcap_qvl.verify_with_root_ca` and the caller's
 collateral; a root that is this installation's "pylos SIMULATED SGX Root CA" makes a
@@ -144,7 +144,8 @@ def pck_chain(quote: Quote) -> Chain:
 
 
 def check_signatures(quote: Quote) -> Chain:
-    """Every signature inside the quote (§9 steps 3-5, 7); VerificationError on the first bad."""
+    """Every signature inside the quote (docs/attestation.md, verification step 2);
+    VerificationError on the first bad."""
     chain = pck_chain(quote)
     if quote.header.att_key_type != 2:
         raise VerificationError(f"attestation key type {quote.header.att_key_type} is not "
@@ -249,7 +250,7 @@ def explain(message: str, now: int) -> str:
 
 
 def tcb_level(quote: Quote, chain: Chain, collateral: str) -> tuple[str, list[str]]:
-    """The platform TCB level of `quote` under `collateral` (§9 step 8)."""
+    """The platform TCB level of `quote` under `collateral` (docs/formats.md: TCB levels)."""
     import json
 
     import dcap_qvl

@@ -2,7 +2,7 @@
 
 `ProtectedFile` gives random access with a bounded node cache and crash-safe flushes;
 `encrypt_stream`/`decrypt_stream` convert whole files at streaming speed (`pylos pf`).
-Format: ../shared/specs/sgx-formats.md §12; design notes: docs/encrypted-files.md.
+Format and design notes: docs/encrypted-files.md (summary in docs/formats.md).
 """
 
 from pylos.pf.file import (

@@ -1,6 +1,6 @@
 """Gramine's protected-files ("PF") on-disk format: constants, node numbering, KDF, metadata.
 
-Reference: Gramine `common/src/protected_files/` (spec: ../shared/specs/sgx-formats.md §12).
+Reference: Gramine `common/src/protected_files/` (docs/encrypted-files.md, docs/formats.md).
 A PF is a sequence of 4096-byte nodes: node 0 is the metadata node (a plaintext header and an
 AES-128-GCM-encrypted part holding the bound path, the plaintext size, the root MHT node's key and
 MAC, and the first 3072 content bytes); then MHT nodes (96 data-node + 32 child-MHT {key, MAC}

@@ -1,4 +1,4 @@
-"""MRENCLAVE: SHA-256 over the 64-byte ECREATE / EADD / EEXTEND records (`sgx-formats.md` §7).
+"""MRENCLAVE: SHA-256 over the 64-byte ECREATE / EADD / EEXTEND records (docs/formats.md).
 
 `Measurement` produces the same record bytes the CPU hashes, so an enclave layout measured here
 gives the MRENCLAVE real hardware would report for it. An SGXS file (Fortanix `doc/SGXS.md`) is

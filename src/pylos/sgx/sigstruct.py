@@ -1,4 +1,4 @@
-"""SIGSTRUCT: the 1808-byte enclave signature structure (`sgx-formats.md` §6).
+"""SIGSTRUCT: the 1808-byte enclave signature structure (docs/formats.md).
 
 Signed bytes = [0:128] ‖ [900:1028]; signature = RSASSA-PKCS1-v1.5/SHA-256 with an RSA-3072,
 e = 3 key; RSA values are stored little-endian; Q1 = ⌊s²/n⌋, Q2 = ⌊(s² mod n)·s/n⌋ (what EINIT

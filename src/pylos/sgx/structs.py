@@ -1,7 +1,7 @@
 """SGX architectural constants and the small structures that pack and unpack themselves.
 
 Bit values follow the Intel SGX SDK (`sgx_attributes.h`, `sgx_report.h`); layouts are
-little-endian and packed (`sgx-formats.md` §1-§2). Byte fields are length-checked when a
+little-endian and packed (docs/formats.md). Byte fields are length-checked when a
 structure is built, because `struct` would silently pad or truncate them and produce a report
 that hashes differently from what the caller meant.
 """
@@ -89,7 +89,7 @@ class ReportBody:
     report_data: bytes = bytes(64)
 
     # Offsets 0, 16, (20 reserved), 32, 48, 64, (96), 128, (160), 192, 256, 258, 260, (262),
-    # 304, 320 — `sgx-formats.md` §2.
+    # 304, 320 — docs/formats.md.
     FORMAT: ClassVar[struct.Struct] = struct.Struct("<16sI12x16s16s32s32x32s32x64sHHH42x16s64s")
     SIZE: ClassVar[int] = 384
 
@@ -121,7 +121,7 @@ class ReportBody:
 
 @dataclass(frozen=True)
 class TargetInfo:
-    """TARGETINFO (512 B): names the enclave that will verify a REPORT (`sgx-formats.md` §4)."""
+    """TARGETINFO (512 B): names the enclave that will verify a REPORT (docs/formats.md)."""
 
     mr_enclave: bytes = bytes(32)
     attributes: Attributes = Attributes(0, 0)
@@ -174,7 +174,7 @@ KEYPOLICY_ISVEXTPRODID = 0x20
 
 @dataclass(frozen=True)
 class KeyRequest:
-    """KEYREQUEST (512 B), the input of EGETKEY (`sgx-formats.md` §5)."""
+    """KEYREQUEST (512 B), the input of EGETKEY (docs/formats.md)."""
 
     key_name: int
     key_policy: int = 0
