@@ -332,3 +332,37 @@ def test_secret_as_environment_variable_or_file(shell, tmp_path):
         assert result.returncode == 2 and "STARTED" not in result.stdout
         assert "is 12 bytes; a key is exactly 16" in result.stderr
     assert not any(p.name == "secret" for p in shell.root.rglob("*"))
+
+
+def test_a_stalled_provisioning_server_is_a_named_start_up_error(shell, tmp_path):
+    # A server that accepts the connection and never answers: the start-up watchdog ends the
+    # run, naming the stage, instead of a silent hang (runtime/watchdog.py).
+    from pylos.attest.secret_prov import ensure_server_identity
+
+    ca, _, _ = ensure_server_identity(tmp_path / "identity", ["127.0.0.1"])
+    (shell.root / "ca" / "ca.pem").write_bytes(ca.read_bytes())
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        shell.build(f'pylos.secret_provisioning = {{ server = "127.0.0.1:{port}", '
+                    'ca = "/ca/ca.pem", env = "SECRET" }\n')
+        started = time.monotonic()
+        result = subprocess.run([PYLOS, "run", "app", "-c", "echo STARTED"], cwd=shell.root,
+                                capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "PYLOS_START_TIMEOUT": "2"})
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1, result.stderr
+    assert "STARTED" not in result.stdout
+    assert ("ERROR: the enclave did not start: stage 'attestation set-up' did not finish "
+            "within 2 s") in result.stderr
+
+
+def test_start_timeout_must_be_a_number(shell):
+    shell.build("")
+    result = subprocess.run([PYLOS, "run", "app", "-c", "echo STARTED"], cwd=shell.root,
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYLOS_START_TIMEOUT": "soon"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("ERROR: PYLOS_START_TIMEOUT='soon': expected a number of "
+                                     "seconds above 0")

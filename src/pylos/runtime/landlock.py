@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import stat
 import struct
 from collections.abc import Iterable
 
@@ -106,14 +105,17 @@ def confine(rules: Iterable[tuple[str, int]], version: int | None = None) -> Non
     _check(ruleset, "landlock_create_ruleset")
     try:
         for path, rights in rules:
+            allowed = handled & rights
+            # No stat: on a FUSE mount (encrypted, /dev/attestation) it would wait for a
+            # server that starts only once the program has confined itself.
             try:
+                fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except NotADirectoryError:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                allowed &= FILE_RIGHTS
             except OSError:
                 continue
             try:
-                allowed = handled & rights
-                if not stat.S_ISDIR(os.fstat(fd).st_mode):
-                    allowed &= FILE_RIGHTS
                 _check(_libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH,
                                      PATH_BENEATH.pack(allowed, fd), 0),
                        f"landlock_add_rule {path}")

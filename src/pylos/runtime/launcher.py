@@ -49,6 +49,7 @@ from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
 from pylos.runtime.syscalls import files, memory, processes
 from pylos.runtime.syscalls.table import SYSCALLS
+from pylos.runtime.watchdog import StartupStalled, StartupWatchdog, start_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -359,7 +360,11 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Conf
     else:
         fuse = fuse_mounts(config)
         fuse_fds, fuse_warnings = open_devices(fuse)  # in our user namespace, before pivot_root
+        _report_stage(channel, "view", "the enclave's file system view to be built")
         result = build_view(plan, newroot, config.start_dir)
+        if fuse:
+            _report_stage(channel, "FUSE mounts", "mounting "
+                          + ", ".join(mount.path for mount in fuse))
         fuse_ids = mount_all(fuse, fuse_fds, config.uid, config.gid)
     # The view's root travels as an fd: the supervisor never derives it from a TID (reusable).
     root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -391,6 +396,11 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Conf
         kill_descendants()  # no PID namespace to end them
         return code
     return _serve_until_exit(program, StagingArea(result.staging_dirfd), staging_channel)
+
+
+def _report_stage(channel: socket.socket, name: str, waiting_for: str) -> None:
+    """Tell the supervisor's watchdog which start-up stage init is in."""
+    channel.send(marshal.dumps({"stage": (name, waiting_for)}))
 
 
 def _serve_until_exit(program: int, staging: StagingArea | None,
@@ -465,6 +475,7 @@ def run(app: str, host_args: list[str],
     """
     from pylos.runtime.load import load_enclave
 
+    watchdog = StartupWatchdog(start_timeout())
     loaded = load_enclave(app)
     config = build_config(loaded.manifest, host_args, dict(os.environ), Path.cwd())
     if configure is not None:
@@ -494,7 +505,9 @@ def run(app: str, host_args: list[str],
     if "pylos" in loaded.manifest.data:  # RA-TLS files, provisioned secrets: before the start
         from pylos.attest.prestart import prepare_enclave
 
-        prepare_enclave(loaded, config, plan, log)
+        with watchdog.stage("attestation set-up", "RA-TLS credentials and secret "
+                            "provisioning (pylos.ratls, pylos.secret_provisioning)"):
+            prepare_enclave(loaded, config, plan, log)
     from pylos.runtime import landlock
 
     landlock_abi = landlock.abi()
@@ -507,7 +520,7 @@ def run(app: str, host_args: list[str],
     program_umask = os.umask(0)  # ours is 0: emulated creates apply the program's own umask
     try:
         return _start(config, log, plan, confinement, handlers, newroot,
-                      program_umask, identity=False)
+                      program_umask, watchdog, identity=False)
     except _NamespacesUnavailable as exc:
         from pylos.runtime.identity import check_identity_possible
         from pylos.runtime.namespaces import user_namespace_hint
@@ -525,7 +538,7 @@ def run(app: str, host_args: list[str],
 
         confinement = Confinement(program_filter, tuple(landlock_rules(config)), landlock_abi)
         return _start(config, log, plan, confinement, handlers, newroot,
-                      program_umask, identity=True)
+                      program_umask, watchdog, identity=True)
     finally:
         os.rmdir(newroot)
 
@@ -537,7 +550,7 @@ class _NamespacesUnavailable(Exception):
 
 
 def _start(config: EnclaveConfig, log: Log, plan: ViewPlan, confinement: Confinement,
-           handlers: dict, newroot: str, program_umask: int,
+           handlers: dict, newroot: str, program_umask: int, watchdog: StartupWatchdog,
            identity: bool) -> int:
     """Start the enclave's processes and supervise them until the program has ended."""
     supervisor_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -560,11 +573,11 @@ def _start(config: EnclaveConfig, log: Log, plan: ViewPlan, confinement: Confine
     if identity:
         staging_end.close()
     return _supervise(config, log, handlers, supervisor_end, creator,
-                      None if identity else Stager(staging_end))
+                      None if identity else Stager(staging_end), watchdog)
 
 
 def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.socket,
-               creator: int, stager: Stager | None) -> int:
+               creator: int, stager: Stager | None, watchdog: StartupWatchdog) -> int:
     from pylos.runtime.identity import IdentityPolicy
     from pylos.runtime.policy import FilePolicy, TrustedFiles
     from pylos.runtime.supervisor import Supervisor
@@ -591,23 +604,17 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
     # would then stop us (SIGTTOU), or fail with EIO in an orphaned group. Ignored, they print.
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
 
-    message, root_fds, _, _ = socket.recv_fds(channel, 65536, 1 + len(config.fuse.mounts))
-    view = marshal.loads(message) if message else {"error": "the enclave did not start"}
-    if "error" in view or "namespaces" in view:
+    try:
+        view, root_fds, fds = _receive_enclave(config, log, channel, creator, stager, watchdog)
+    except StartupStalled:
+        _kill(creator, signal.SIGKILL)  # ends the enclave: PDEATHSIG does the rest
         os.waitpid(creator, 0)
-        if "namespaces" in view:
-            raise _NamespacesUnavailable(view["namespaces"])
-        raise PylosError(view["error"])
-    _, fds, _, _ = socket.recv_fds(channel, 16, 1)
-    channel.close()
-    if not fds:
+        raise
+    finally:
+        watchdog.disarm()
+    if view is None:
         _, status = os.waitpid(creator, 0)
         return _exit_code(status)
-    if stager is not None:  # identity mode has no user namespace to join
-        _join_user_namespace(creator)
-    for warning in view["warnings"]:
-        log("warning", warning)
-    config.fuse.start(root_fds[1:], root_fds[0], log, close=fds)
     listener = seccomp.Listener(fds[0])
     listener.enable_sync_wake_up()
     policy = FilePolicy(TrustedFiles(config.trusted, log,
@@ -629,6 +636,40 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
     if os.isatty(0):
         _restore_foreground()
     return _exit_code(status)
+
+
+def _receive_enclave(config: EnclaveConfig, log: Log, channel: socket.socket, creator: int,
+                     stager: Stager | None, watchdog: StartupWatchdog
+                     ) -> tuple[dict | None, list[int], list[int]]:
+    """Follow the enclave's start stage by stage, each under the watchdog's deadline, up to
+    its file servers running: (the view's description, its root and FUSE device fds, the
+    listener fd); no view when the program could not start."""
+    watchdog.enter("namespaces", "the enclave's user, mount and PID namespaces")
+    while True:
+        message, root_fds, _, _ = socket.recv_fds(channel, 65536, 1 + len(config.fuse.mounts))
+        view = marshal.loads(message) if message else {"error": "the enclave did not start"}
+        if "stage" not in view:
+            break
+        watchdog.enter(*view["stage"])  # init reports each of its stages as it begins it
+    if "error" in view or "namespaces" in view:
+        os.waitpid(creator, 0)
+        if "namespaces" in view:
+            raise _NamespacesUnavailable(view["namespaces"])
+        raise PylosError(view["error"])
+    watchdog.enter("program start", "the program's process to confine itself (Landlock, "
+                   "seccomp) and hand over its listener")
+    _, fds, _, _ = socket.recv_fds(channel, 16, 1)
+    channel.close()
+    if not fds:
+        return None, root_fds, fds
+    if stager is not None:  # identity mode has no user namespace to join
+        _join_user_namespace(creator)
+    for warning in view["warnings"]:
+        log("warning", warning)
+    with watchdog.stage("file servers", "the servers of the encrypted mounts and "
+                        "/dev/attestation to start"):
+        config.fuse.start(root_fds[1:], root_fds[0], log, close=fds)
+    return view, root_fds, fds
 
 
 def _join_user_namespace(pid: int) -> None:
