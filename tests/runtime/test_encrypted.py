@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEMPLATE, Enclave, shell_template
+from runtime_support import TEMPLATE, Enclave, shell_template
 from support import PYLOS
 
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"

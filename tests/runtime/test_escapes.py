@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from conftest import SECRET
+from runtime_support import SECRET
 
 
 def assert_unread(result) -> None:

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from conftest import SECRET
+from runtime_support import SECRET
 
 
 def test_trusted_allowed_and_unlisted_files(make_enclave):

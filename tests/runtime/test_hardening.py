@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import SECRET
+from runtime_support import SECRET
 from support import PYLOS
 
 
