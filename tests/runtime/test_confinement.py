@@ -71,3 +71,15 @@ def test_forged_parse_cache_is_not_believed(make_enclave, isolated_cache):
         entry.write_bytes(mac + forged)
         result = enclave.run("read", "/plain.txt")
         assert result.stdout == "read EACCES\n", result.stderr
+
+
+def test_device_nodes_keep_their_host_metadata(make_enclave):
+    # /dev/null in the view is the host's own inode (bound): as root, a chmod inside would be
+    # a chmod of the host's /dev/null. The binds are read-only; the devices still work.
+    before = os.stat("/dev/null")
+    result = make_enclave("fsops").run("chmod", "/dev/null", "600", "write", "/dev/null",
+                                       "chmod", "/dev/shm", "700")
+    assert result.stdout == "chmod EROFS\nwrite ok\nchmod ok\n", result.stderr
+    after = os.stat("/dev/null")
+    assert (after.st_mode, after.st_uid, after.st_gid) == (
+        before.st_mode, before.st_uid, before.st_gid)

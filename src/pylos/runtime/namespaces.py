@@ -263,6 +263,11 @@ class ViewBuilder:
             if os.path.exists(f"/dev/{name}"):
                 os.close(os.open(f"{dev}/{name}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
                 mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+                # Read-only binds: the node stays readable and writable (a device's data is
+                # not the mount's), but its inode is the host's: chmod/chown/utime would
+                # change the host's /dev/null (the enclave's root is the host's root when
+                # pylos runs as root).
+                self.restrict(f"{dev}/{name}")
         for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
             os.symlink(target, f"{dev}/{name}")

@@ -1,9 +1,11 @@
 /* File system operations named on the command line, one result line each:
- *   read P | write P (create, append) | trunc P | unlink P | mkdir P | rename A B
+ *   read P | write P (create, append) | trunc P | unlink P | mkdir P | rename A B |
+ *   chmod P MODE (octal)
  * prints "<op> ok" or "<op> <errno name>". */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -55,6 +57,8 @@ int main(int argc, char **argv) {
             report(op, mkdir(path, 0755));
         } else if (!strcmp(op, "rename") && i + 1 < argc) {
             report(op, rename(path, argv[++i]));
+        } else if (!strcmp(op, "chmod") && i + 1 < argc) {
+            report(op, chmod(path, (mode_t)strtol(argv[++i], NULL, 8)));
         } else {
             return 2;
         }
