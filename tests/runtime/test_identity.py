@@ -7,7 +7,9 @@ A host without user namespaces is made for real: pylos runs inside a user namesp
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -97,3 +99,24 @@ def test_manifest_needing_a_view_is_refused_with_the_fix(app: Path) -> None:
     assert "Linux namespaces are unavailable here" in result.stderr
     assert "needs path translation: the tmpfs mount at '/scratch'" in result.stderr
     assert "Fix: allow user namespaces" in result.stderr
+
+
+def test_metadata_of_host_files_stays_out_of_reach(app: Path) -> None:
+    # Landlock has no right for chmod, chown or utime: without namespaces they are trapped
+    # and judged like opens that write (runtime/syscalls/metadata.py).
+    secret = app.parent / "secret.txt"
+    secret.chmod(0o644)
+    os.utime(secret, (1_000_000_000, 1_000_000_000))
+    (app / "data" / "mine.txt").write_text("mine\n")
+    result = run_without_namespaces(
+        app, "chmod", str(secret), "600", "touch", str(secret), "chmod", str(app), "700",
+        "chmod", "trusted.txt", "600", "chmod", "data/mine.txt", "600", "touch", "data/mine.txt",
+        "chmod", "data", "750")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "chmod EPERM", "touch EPERM", "chmod EPERM", "chmod EPERM", "chmod ok", "touch ok",
+        "chmod ok"]
+    st = secret.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime) == (0o644, 1_000_000_000)
+    assert stat.S_IMODE((app / "data" / "mine.txt").stat().st_mode) == 0o600
+    assert "Disallowing changing the attributes of '" + str(secret) in result.stderr

@@ -47,7 +47,7 @@ from pylos.runtime.namespaces import (
 )
 from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
-from pylos.runtime.syscalls import files, memory, processes
+from pylos.runtime.syscalls import files, memory, metadata, processes
 from pylos.runtime.syscalls.table import SYSCALLS
 from pylos.runtime.watchdog import StartupStalled, StartupWatchdog, start_timeout
 
@@ -94,8 +94,9 @@ class Confinement:
     landlock_abi: int
 
 
-def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
-    """The BPF program for this enclave and the supervisor's handler table."""
+def filter_for(config: EnclaveConfig, identity: bool = False) -> tuple[bytes, dict]:
+    """The BPF program for this enclave and the supervisor's handler table; `identity`:
+    without namespaces, metadata calls are trapped too (runtime/syscalls/metadata.py)."""
     actions: dict[int, int] = {}
     handlers: dict = {}
     for name in DENIED:
@@ -109,11 +110,14 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
     }
     if config.disallow_subprocesses:
         trapped.update(fork=processes.refuse_subprocess, vfork=processes.refuse_subprocess)
+    if identity:
+        trapped.update(metadata.HANDLERS)
     for name, value in config.mock_syscalls.items():
         if name not in SYSCALLS:
             raise PylosError(f"sys.debug__mock_syscalls: unknown system call {name!r}")
         if value <= 0:
             actions[SYSCALLS[name]] = seccomp.errno_action(-value)
+            trapped.pop(name, None)
         else:
             trapped[name] = processes.handle_mocked
     for name, handler in trapped.items():
@@ -141,8 +145,8 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
                            ("mknod", 1), ("mknodat", 2)):
         checks = ((SET_ID_BITS, refused),) if "chmod" in name else (
             (SET_ID_BITS, refused), (DEVICE_NODE_BIT, refused))
-        if SYSCALLS[name] not in actions:
-            rules.append(seccomp.ArgRule(SYSCALLS[name], mode_arg, checks, seccomp.RET_ALLOW))
+        otherwise = actions.pop(SYSCALLS[name], seccomp.RET_ALLOW)  # trapped or mocked
+        rules.append(seccomp.ArgRule(SYSCALLS[name], mode_arg, checks, otherwise))
     # Extended attributes: Gramine has none. Setting them is refused as a file system without
     # them refuses it (tools such as cp -a carry on): security.capability on a file in an
     # allowed directory would be a file capability on the host.
@@ -536,6 +540,7 @@ def run(app: str, host_args: list[str],
                              "cannot confine the program's file system calls") from None
         from pylos.runtime.identity import landlock_rules
 
+        program_filter, handlers = filter_for(config, identity=True)
         confinement = Confinement(program_filter, tuple(landlock_rules(config)), landlock_abi)
         return _start(config, log, plan, confinement, handlers, newroot,
                       program_umask, watchdog, identity=True)

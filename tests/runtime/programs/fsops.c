@@ -1,6 +1,6 @@
 /* File system operations named on the command line, one result line each:
  *   read P | write P (create, append) | trunc P | unlink P | mkdir P | rename A B |
- *   chmod P MODE (octal)
+ *   chmod P MODE (octal) | touch P (times set to now)
  * prints "<op> ok" or "<op> <errno name>". */
 #include <errno.h>
 #include <fcntl.h>
@@ -57,6 +57,8 @@ int main(int argc, char **argv) {
             report(op, mkdir(path, 0755));
         } else if (!strcmp(op, "rename") && i + 1 < argc) {
             report(op, rename(path, argv[++i]));
+        } else if (!strcmp(op, "touch")) {
+            report(op, utimensat(AT_FDCWD, path, NULL, 0));
         } else if (!strcmp(op, "chmod") && i + 1 < argc) {
             report(op, chmod(path, (mode_t)strtol(argv[++i], NULL, 8)));
         } else {
