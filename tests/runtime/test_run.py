@@ -22,10 +22,65 @@ def test_signed_enclave_runs_with_insecure_banner(make_enclave, signing_key):
     result = enclave.run()
     assert result.returncode == 0, result.stderr
     assert result.stdout == "Hello, world\n"
-    assert result.stderr.startswith("Gramine detected the following insecure configurations:")
+    assert result.stderr.startswith("[pylos] this enclave has insecure settings (fine for "
+                                    "development, never for production):\n")
+    assert result.stderr.count("insecure settings") == 1
     assert "  - loader.insecure__use_cmdline_argv = true\n" in result.stderr
     assert "  - sgx.allowed_files = [ ... ]\n" in result.stderr
-    assert "must not be used in production!" in result.stderr
+    assert "sgx.debug" not in result.stderr  # not in this manifest
+
+
+def test_unsigned_run_says_so_at_the_default_log_level(make_enclave):
+    result = make_enclave("hello").run()
+    assert result.returncode == 0
+    assert result.stderr == ("[pylos] notice: running app.manifest unsigned (no .manifest.sgx: "
+                             "development mode, as gramine-direct; no measurement, so no SGX "
+                             "reports, quotes or sealing keys)\n")
+
+
+def test_sgx_option_refuses_an_unsigned_enclave(make_enclave):
+    enclave = make_enclave("hello")
+    result = run_pylos("run", "--sgx", "app", cwd=enclave.root)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("ERROR: --sgx: app.manifest.sgx does not exist; sign the manifest "
+                             "with `pylos sign -m app.manifest`\n")
+
+
+def test_direct_option_runs_the_unsigned_manifest(make_enclave, signing_key):
+    enclave = make_enclave("hello")
+    enclave.sign(signing_key)
+    assert run_pylos("run", "--sgx", "app", cwd=enclave.root).stdout == "Hello, world\n"
+    result = run_pylos("run", "--direct", "app", "3", cwd=enclave.root)
+    assert result.returncode == 3 and result.stdout.startswith("Hello, world\n")
+    assert "running app.manifest unsigned (--direct: development mode" in result.stderr
+
+
+def test_stale_signed_manifest_is_an_error_with_the_fix(make_enclave, signing_key):
+    enclave = make_enclave("hello")
+    enclave.sign(signing_key)
+    enclave.render(extra='loader.env.EDITED = "1"\n')  # edited and re-rendered, not re-signed
+    result = enclave.run()
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("ERROR: app.manifest.sgx is older than app.manifest (the manifest "
+                             "changed after signing): re-sign it with `pylos sign -m "
+                             "app.manifest`\n")
+
+
+def test_log_level_and_trace_options(make_enclave, tmp_path):
+    enclave = make_enclave("hello")
+    result = run_pylos("run", "--log-level", "warning", "app", cwd=enclave.root)
+    assert "[pylos] warning: enclave memory limit" in result.stderr
+    trace = tmp_path / "trace.log"
+    result = run_pylos("run", f"--trace={trace}", "app", cwd=enclave.root)
+    assert result.returncode == 0 and result.stdout == "Hello, world\n"
+    assert "openat(" in trace.read_text()
+    for argv, message in ((["--log-level", "loud", "app"], "--log-level 'loud': expected one "
+                           "of none, error, warning, debug, trace, all"),
+                          (["--sgx", "--direct", "app"], "--sgx and --direct exclude each other"),
+                          (["--frobnicate", "app"], "unknown option '--frobnicate'"),
+                          (["--sgx"], "missing APP")):
+        result = run_pylos("run", *argv, cwd=enclave.root)
+        assert result.returncode == 2 and message in result.stderr, (argv, result.stderr)
 
 
 def test_exit_status_and_arguments(make_enclave):

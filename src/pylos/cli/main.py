@@ -12,16 +12,22 @@ import sys
 
 
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "run" and not sys.argv[2].startswith("-"):
+    if len(sys.argv) > 1 and sys.argv[1] == "run":
+        from pylos.cli.run_args import USAGE, parse_run_args
         from pylos.errors import PylosError
-        from pylos.runtime.launcher import run
 
         try:
+            options, app, args = parse_run_args(sys.argv[2:])
+            if app is None:
+                print(USAGE, end="")
+                sys.exit(0)
+            from pylos.runtime.launcher import run
+
             if os.path.isfile("Occlum.json"):  # in a workspace: APP is a path in the image
                 from pylos.workspace.launch import run_in_workspace
 
-                sys.exit(run_in_workspace(sys.argv[2], sys.argv[3:]))
-            sys.exit(run(sys.argv[2], sys.argv[3:]))
+                sys.exit(run_in_workspace(app, args, options=options))
+            sys.exit(run(app, args, options=options))
         except PylosError as exc:
             print(f"ERROR: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 
-@click.command("run", context_settings={"ignore_unknown_options": True,
-                                        "allow_interspersed_args": False})
-@click.argument("app")
+@click.command("run", short_help="Run APP in its enclave (signed, or unsigned for development).",
+               context_settings={"ignore_unknown_options": True,
+                                        "allow_interspersed_args": False,
+                                        "help_option_names": []})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run_cmd(app: str, args: tuple[str, ...]) -> None:
-    """Run APP in its enclave: APP.manifest.sgx + APP.sig, or APP.manifest (development).
+def run_cmd(args: tuple[str, ...]) -> None:
+    """Run APP in its enclave: APP.manifest.sgx + APP.sig, or APP.manifest unsigned.
 
-    In a workspace (Occlum.json in the current directory) APP is a path inside the image.
+    pylos run [--sgx | --direct] [--log-level LEVEL] [--trace[=FILE]] APP [ARGS]...
+    (`pylos run --help` says more). `pylos run` is normally served before this command is
+    reached (cli/main.py); this is the same command for callers of the click application.
     """
-    import os
-
+    from pylos.cli.run_args import USAGE, parse_run_args
     from pylos.runtime.launcher import run
 
+    options, app, program_args = parse_run_args(list(args))
+    if app is None:
+        click.echo(USAGE, nl=False)
+        return
     if os.path.isfile("Occlum.json"):
         from pylos.workspace.launch import run_in_workspace
 
-        sys.exit(run_in_workspace(app, list(args)))
-    sys.exit(run(app, list(args)))
+        sys.exit(run_in_workspace(app, program_args, options=options))
+    sys.exit(run(app, program_args, options=options))
 
 
 @click.command("doctor")

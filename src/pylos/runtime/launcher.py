@@ -54,6 +54,7 @@ from pylos.runtime.watchdog import StartupStalled, StartupWatchdog, start_timeou
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from pylos.cli.run_args import RunOptions
     from pylos.runtime.load import LoadedEnclave
 
 PR_SET_PDEATHSIG = 1
@@ -471,29 +472,39 @@ def _namespace_creator(config: EnclaveConfig, plan: ViewPlan, newroot: str,
 
 
 def run(app: str, host_args: list[str],
-        configure: Callable[[LoadedEnclave, EnclaveConfig], None] | None = None) -> int:
+        configure: Callable[[LoadedEnclave, EnclaveConfig], None] | None = None,
+        options: RunOptions | None = None) -> int:
     """Run APP in its enclave; returns the exit status a shell would report.
 
     `configure` may adjust the resolved configuration of the verified enclave before anything
-    starts (a workspace's `pylos run /bin/app` sets the program, argv and environment).
+    starts (a workspace's `pylos run /bin/app` sets the program, argv and environment);
+    `options` are those of the command line (`pylos run --sgx/--direct/--log-level/--trace`).
     """
+    from pylos.cli.run_args import RunOptions
     from pylos.runtime.load import load_enclave
 
+    options = options or RunOptions()
     watchdog = StartupWatchdog(start_timeout())
-    loaded = load_enclave(app)
+    loaded = load_enclave(app, options.mode)
     config = build_config(loaded.manifest, host_args, dict(os.environ), Path.cwd())
     if configure is not None:
         configure(loaded, config)
+    if options.log_level is not None:
+        config.log_level = options.log_level
+    if options.trace_file is not None:
+        config.log_file = options.trace_file
     config.fuse = FuseSetup.prepare(config, loaded.manifest.data, loaded.identity)
     log = Log(config)
-    if not loaded.sgx_mode:
-        log("warning", f"running {app} in development mode (unsigned manifest: no measurement, "
-            "so no SGX reports, quotes or sealing keys)")
-    elif config.insecure and config.log_level != "none":
-        print("Gramine detected the following insecure configurations:\n\n"
-              + "".join(f"  - {item}\n" for item in config.insecure)
-              + "\nGramine will continue application execution, but this configuration must not"
-              " be used in production!\n", file=sys.stderr)
+    if config.log_level != "none":
+        if not loaded.sgx_mode:
+            what = "--direct" if options.mode == "direct" else "no .manifest.sgx"
+            print(f"[pylos] notice: running {loaded.manifest.source} unsigned ({what}: "
+                  "development mode, as gramine-direct; no measurement, so no SGX reports, "
+                  "quotes or sealing keys)", file=sys.stderr)
+        elif config.insecure:
+            print("[pylos] this enclave has insecure settings (fine for development, never "
+                  "for production):\n" + "".join(f"  - {item}\n" for item in config.insecure),
+                  end="", file=sys.stderr)
     for message in config.messages:
         level, _, text = message.partition(": ")
         log(level, text)

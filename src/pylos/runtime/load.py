@@ -90,22 +90,43 @@ def _parse_cached(data: bytes, source: str, digest: str) -> Manifest:
     return manifest
 
 
-def load_enclave(app: str) -> LoadedEnclave:
+def load_enclave(app: str, mode: str = "auto") -> LoadedEnclave:
+    """The enclave `pylos run APP` starts. `mode`: "auto" (signed when APP.manifest.sgx
+    exists, else unsigned), "sgx" (signed or nothing, as gramine-sgx) or "direct" (the
+    unsigned APP.manifest, as gramine-direct)."""
     base = app_base(app)
     signed, sig_path, plain = Path(base + ".manifest.sgx"), Path(base + ".sig"), Path(
         base + ".manifest")
-    if signed.exists():
+    if mode == "sgx" and not signed.exists():
+        raise PylosError(f"--sgx: {signed} does not exist; sign the manifest with "
+                         f"`pylos sign -m {plain}`")
+    if signed.exists() and mode != "direct":
         if not sig_path.exists():
             raise PylosError(f"Invalid application path specified ({sig_path} does not exist; "
                              f"sign the manifest with `pylos sign -m {plain}`).")
+        _refuse_stale(signed, plain)
         return _load_signed(signed, sig_path)
     if plain.exists():
         data = _read(plain)
         digest = hashlib.sha256(data).hexdigest()
         return LoadedEnclave(_parse_cached(data, str(plain), digest), sgx_mode=False,
                              digest=digest)
+    if mode == "direct":
+        raise PylosError(f"--direct: {plain} does not exist (render it with `pylos manifest`)")
     raise PylosError(f"Invalid application path specified ({signed} does not exist, nor does "
                      f"{plain}).")
+
+
+def _refuse_stale(signed: Path, plain: Path) -> None:
+    """A `.manifest.sgx` older than its `.manifest` was not made from what is here now:
+    running it would run an old build. (An edited `.manifest.sgx` is the measurement's to
+    catch: its SIGSTRUCT no longer matches.)"""
+    try:
+        if plain.stat().st_mtime_ns > signed.stat().st_mtime_ns:
+            raise PylosError(f"{signed} is older than {plain} (the manifest changed after "
+                             f"signing): re-sign it with `pylos sign -m {plain}`")
+    except FileNotFoundError:
+        pass  # no .manifest beside it (shipped signed only), or gone meanwhile
 
 
 def _read(path: Path) -> bytes:

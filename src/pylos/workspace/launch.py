@@ -23,6 +23,7 @@ from pylos.errors import PylosError
 from pylos.workspace.enclave_server import entry_error, program_env
 
 if TYPE_CHECKING:
+    from pylos.cli.run_args import RunOptions
     from pylos.runtime.config import EnclaveConfig
     from pylos.runtime.load import LoadedEnclave
 
@@ -63,7 +64,8 @@ def measured_config(loaded: LoadedEnclave, ws: Path) -> dict:
     return marshal.loads(data)
 
 
-def run_in_workspace(path: str, args: list[str], ws: Path | None = None) -> int:
+def run_in_workspace(path: str, args: list[str], ws: Path | None = None,
+                     options: RunOptions | None = None) -> int:
     """`pylos run PATH ARGS` with an Occlum.json in the current directory."""
     from pylos.runtime.launcher import run
 
@@ -82,7 +84,7 @@ def run_in_workspace(path: str, args: list[str], ws: Path | None = None) -> int:
                                  dict(os.environ))
         config.start_dir = "/"
 
-    return run(str(ws / ENCLAVE), [], configure)
+    return run(str(ws / ENCLAVE), [], configure, options)
 
 
 def image_hook(loaded: LoadedEnclave, config: EnclaveConfig, ws: Path) -> None:
