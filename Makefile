@@ -4,10 +4,10 @@
 
 .PHONY: bench
 bench:
-	scripts/setup
+	scripts/setup --tests
 	.venv/bin/python bench/run
 
 .PHONY: bench-quick
 bench-quick:
-	scripts/setup
+	scripts/setup --tests
 	.venv/bin/python bench/run --quick
