@@ -36,17 +36,29 @@ def run_cmd(args: tuple[str, ...]) -> None:
 
 @click.command("doctor")
 def doctor_cmd() -> None:
-    """Check what this kernel gives pylos; exit status = bitmask of what is missing."""
-    from pylos.runtime.doctor import check
+    """Check what this machine gives pylos; exit status = bitmask of what is missing.
 
-    status = 0
+    Each line is OK or FIX, with the fix. Bits: 1 seccomp notification, 2 ADDFD, 8 openat2,
+    16 memfd, 32 kernel version, 64 Python version (required); 4 user namespaces (without
+    them: identity mounts), 128 /dev/fuse (encrypted mounts, /dev/attestation), 256 Landlock
+    ABI 6 (the second wall).
+    """
+    from pylos.runtime.doctor import check, notes
+
+    status = required_missing = 0
     for feature, ok in check():
-        click.echo(f"{'ok     ' if ok else 'MISSING'} {feature.name}")
+        click.echo(f"{'OK ' if ok else 'FIX'}  {feature.label}")
         if not ok:
-            click.echo(f"        fix: {feature.fix}")
+            click.echo(f"     fix: {feature.fix_text}")
             status |= feature.bit
-    if status:
+            required_missing += feature.required
+    for note in notes():
+        click.echo(f"     {note}")
+    if required_missing:
         click.echo(f"pylos cannot run enclaves here (exit status {status} = missing bits)")
+    elif status:
+        click.echo(f"pylos can run enclaves here, without what FIX lines name (exit status "
+                   f"{status} = missing bits)")
     else:
         click.echo("pylos can run enclaves on this machine (simulated SGX: no hardware used)")
     sys.exit(status)

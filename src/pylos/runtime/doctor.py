@@ -7,6 +7,8 @@ import ctypes
 import errno
 import os
 import platform
+import stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,9 +21,18 @@ _libc.syscall.restype = ctypes.c_long
 @dataclass(frozen=True)
 class Feature:
     bit: int
-    name: str
+    name: str | Callable[[], str]
     probe: Callable[[], bool]
-    fix: str
+    fix: str | Callable[[], str]
+    required: bool = True  # without it pylos runs no enclave at all
+
+    @property
+    def label(self) -> str:
+        return self.name() if callable(self.name) else self.name
+
+    @property
+    def fix_text(self) -> str:
+        return self.fix() if callable(self.fix) else self.fix
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:
@@ -59,6 +70,40 @@ def _memfd() -> bool:
         return False
 
 
+def _user_namespace_fix() -> str:
+    from pylos.runtime.namespaces import user_namespace_hint
+
+    hint = user_namespace_hint().strip().removeprefix("(").removesuffix(")")
+    return (hint.removeprefix("fix: ") + "; without them pylos runs with identity mounts "
+            "(docs/runtime.md), and the test suite cannot run")
+
+
+def _fuse() -> bool:
+    try:
+        st = os.stat("/dev/fuse")
+        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == FUSE_DEV
+
+
+def _landlock() -> bool:
+    from pylos.runtime import landlock
+
+    return landlock.abi() >= landlock.SCOPES_ABI
+
+
+def _landlock_name() -> str:
+    from pylos.runtime import landlock
+
+    version = landlock.abi()
+    found = f"ABI {version}" if version else "not available"
+    return f"Landlock ABI >= 6, the second wall with its socket and signal scopes ({found})"
+
+
+FUSE_DEV = (10, 229)
+
 FEATURES = (
     Feature(0x1, "seccomp user notification with WAIT_KILLABLE_RECV", _seccomp_listener_flags,
             "needs Linux >= 5.19 with CONFIG_SECCOMP_FILTER; inside a container, allow the "
@@ -66,11 +111,20 @@ FEATURES = (
     Feature(0x2, "seccomp ADDFD with SEND (atomic fd injection)",
             lambda: _kernel_at_least(5, 14), "needs Linux >= 5.14"),
     Feature(0x4, "user, mount, PID and UTS namespaces, and a view built in them", _namespaces,
-            "enable unprivileged user namespaces: sysctl kernel.unprivileged_userns_clone=1; on "
-            "Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0; in containers allow "
-            "unshare/clone of namespaces"),
+            _user_namespace_fix, required=False),
     Feature(0x8, "openat2 with RESOLVE_IN_ROOT", _openat2, "needs Linux >= 5.6"),
     Feature(0x10, "sealed memfd", _memfd, "needs Linux >= 3.17 with CONFIG_MEMFD_CREATE"),
+    Feature(0x20, f"Linux >= 5.19 (this is {platform.release()})",
+            lambda: _kernel_at_least(5, 19), "upgrade the kernel"),
+    Feature(0x40, f"Python >= 3.11 (this is {platform.python_version()})",
+            lambda: sys.version_info >= (3, 11), "install Python 3.11 or newer"),
+    Feature(0x80, "/dev/fuse, for encrypted mounts and /dev/attestation", _fuse,
+            "modprobe fuse; in a container, pass the device (docker run --device /dev/fuse); "
+            "fusermount is not needed (pylos mounts in its own user namespace)", required=False),
+    Feature(0x100, _landlock_name, _landlock,
+            "needs Linux >= 6.12 with CONFIG_SECURITY_LANDLOCK=y and landlock in the lsm= boot "
+            "parameter (namespace mode runs without it, with the view as its only wall)",
+            required=False),
 )
 
 
@@ -78,5 +132,19 @@ def check() -> list[tuple[Feature, bool]]:
     return [(feature, feature.probe()) for feature in FEATURES]
 
 
-def missing_features() -> list[str]:
-    return [f"{feature.name} ({feature.fix})" for feature, ok in check() if not ok]
+def missing_features(bits: int | None = None) -> list[str]:
+    """What is missing of the features in `bits` (default: those pylos cannot run enclaves
+    without), each with its fix."""
+    return [f"{feature.label} ({feature.fix_text})" for feature, ok in check()
+            if not ok and (feature.required if bits is None else feature.bit & bits)]
+
+
+# What the test suite needs: enclaves in namespace mode with encrypted mounts.
+FOR_TESTS = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80
+
+
+def notes() -> list[str]:
+    """What `pylos doctor` reports besides the features: facts, not failures."""
+    cgroup = "v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "v1 or none"
+    return [f"cgroup {cgroup}: not needed (limits are rlimits: sgx.enclave_size is RLIMIT_AS)",
+            "SGX hardware: not used (pylos simulates the enclave; evidence is marked simulated)"]
