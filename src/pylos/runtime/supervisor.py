@@ -85,10 +85,28 @@ class Supervisor:
             try:
                 handler(self, notification)
             except Exception as exc:  # one bad call must not end the enclave
-                self.log("error", f"internal error handling {NAMES.get(notification.nr)}: "
-                         f"{exc!r}")
-                if self.listener.id_valid(notification.id):
-                    self.listener.reply(notification.id, error=errno.EIO)
+                self.internal_error(notification, exc)
+
+    def internal_error(self, notification: Notification, exc: Exception) -> None:
+        """A handler failed: answer the call anyway (ENOSYS, or the errno the failure carried)
+        unless it was answered already, say so in one warning line, and go on serving."""
+        err = errno.ENOSYS
+        if isinstance(exc, OSError) and exc.errno:
+            err = exc.errno
+        elif isinstance(exc, MemoryError):
+            err = errno.ENOMEM
+        outcome = f"answered {errno.errorcode.get(err, err)}"
+        try:
+            if self.listener.id_valid(notification.id):
+                self.listener.reply(notification.id, error=err)
+            else:
+                outcome = "already answered, or the caller is gone"
+        except OSError as reply_error:  # the caller is beyond help; the others are not
+            outcome = f"could not be answered ({reply_error.strerror})"
+        name = NAMES.get(notification.nr, str(notification.nr))
+        args = ", ".join(f"{arg:#x}" for arg in notification.args)
+        self.log("warning", f"internal error handling {name}({args}) from process "
+                 f"{notification.pid}: {exc!r}; {outcome}")
 
     def _has_users(self) -> bool:
         events = select.poll()

@@ -23,8 +23,11 @@ from pylos.runtime.target import (
     RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
     RESOLVE_NO_SYMLINKS,
+    USER_ADDRESS_LIMIT,
     namespace_pid,
     openat2,
+    read_chunks,
+    read_memory,
     read_path,
 )
 
@@ -35,6 +38,25 @@ if TYPE_CHECKING:
 AT_FDCWD = -100
 O_PATH = os.O_PATH
 OPEN_HOW = struct.Struct("<QQQ")
+OPEN_HOW_MAX = 4096  # openat2's size limit (PAGE_SIZE): E2BIG beyond
+# Linux's open flags (x86_64, VALID_OPEN_FLAGS in include/linux/fcntl.h). O_LARGEFILE is 0 in
+# Python's os (glibc defines it away on 64-bit), not in the kernel; __O_TMPFILE is O_TMPFILE
+# without its O_DIRECTORY.
+O_LARGEFILE = 0o100000
+O_TMPFILE_BIT = os.O_TMPFILE & ~os.O_DIRECTORY
+VALID_OPEN_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC
+                    | os.O_APPEND | os.O_NONBLOCK | os.O_DSYNC | os.O_SYNC | os.O_ASYNC
+                    | os.O_DIRECT | O_LARGEFILE | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NOATIME
+                    | os.O_CLOEXEC | O_PATH | O_TMPFILE_BIT)
+O_PATH_FLAGS = os.O_DIRECTORY | os.O_NOFOLLOW | O_PATH | os.O_CLOEXEC
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_CACHED = 0x20
+VALID_RESOLVE_FLAGS = (RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS
+                       | RESOLVE_BENEATH | RESOLVE_IN_ROOT | RESOLVE_CACHED)
+S_IALLUGO = 0o7777
+# Never created by a trapped open: as host root, a set-uid file made through an allowed
+# directory would be a set-uid root program on the host.
+SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
 # /proc/self/fd/N, /dev/fd/N, /dev/stdin...: reopening one of the program's own descriptors.
 FD_PATH = re.compile(rb"^/(?:proc/(\d+)(?:/task/\d+)?/fd|dev/fd)/(\d+)$")
 STD_STREAMS = {b"/dev/stdin": 0, b"/dev/stdout": 1, b"/dev/stderr": 2}
@@ -48,6 +70,44 @@ def _int32(value: int) -> int:
     """An `int` syscall argument: the low 32 bits, sign-extended (AT_FDCWD = 0xffffff9c)."""
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _will_create(flags: int) -> bool:
+    return bool(flags & (os.O_CREAT | O_TMPFILE_BIT))
+
+
+def legacy_open_how(flags: int, mode: int) -> tuple[int, int]:
+    """open(2)/openat(2)/creat(2)'s arguments as the kernel takes them (build_open_how):
+    `flags` is an int whose unknown bits are ignored, `mode` a umode_t kept only by a call
+    that may create; O_PATH keeps only the flags it honours."""
+    flags = _int32(flags) & VALID_OPEN_FLAGS
+    if flags & O_PATH:
+        flags &= O_PATH_FLAGS
+    return flags, mode & S_IALLUGO if _will_create(flags) else 0
+
+
+def check_open_how(flags: int, mode: int, resolve: int, strict: bool) -> None:
+    """Raise OSError as the kernel's build_open_flags would, before any path is read.
+
+    `strict`: openat2(2), where unknown bits in any field are EINVAL instead of ignored.
+    """
+    flags &= ~os.O_CLOEXEC
+    if strict:
+        if flags & ~VALID_OPEN_FLAGS or resolve & ~VALID_RESOLVE_FLAGS:
+            raise OSError(errno.EINVAL, "unknown open flags or resolve flags")
+        if resolve & RESOLVE_BENEATH and resolve & RESOLVE_IN_ROOT:
+            raise OSError(errno.EINVAL, "RESOLVE_BENEATH with RESOLVE_IN_ROOT")
+        if (mode & ~S_IALLUGO) if _will_create(flags) else mode:
+            raise OSError(errno.EINVAL, "mode without O_CREAT/O_TMPFILE, or beyond 07777")
+    if flags & (os.O_DIRECTORY | os.O_CREAT) == os.O_DIRECTORY | os.O_CREAT:
+        raise OSError(errno.EINVAL, "O_DIRECTORY with O_CREAT")
+    if flags & O_TMPFILE_BIT and (not flags & os.O_DIRECTORY
+                                  or flags & os.O_ACCMODE == os.O_RDONLY):
+        raise OSError(errno.EINVAL, "O_TMPFILE without O_DIRECTORY or write access")
+    if flags & O_PATH and flags & ~O_PATH_FLAGS:
+        raise OSError(errno.EINVAL, "O_PATH with flags it does not take")
+    if resolve & RESOLVE_CACHED and flags & (os.O_TRUNC | os.O_CREAT | O_TMPFILE_BIT):
+        raise OSError(errno.EAGAIN, "RESOLVE_CACHED cannot create or truncate")
 
 
 def _umask(pid: int) -> int:
@@ -77,10 +137,15 @@ def _open_in_view(sup: Supervisor, pid: int, dirfd: int, path: bytes, flags: int
     A relative path starts at the caller's cwd or dirfd, found through /proc/<tid>: with the
     notification `nid`, that directory is only used once NOTIF_ID_VALID says the TID still
     is the caller (a reused TID would name another process's directory, maybe on the host).
+    The program's own RESOLVE_BENEATH and RESOLVE_IN_ROOT (openat2) scope the lookup to that
+    directory, absolute paths included, as the kernel does: never wider than the view.
     """
     flags |= os.O_CLOEXEC  # our copy; the program's O_CLOEXEC goes to ADDFD
     resolve |= RESOLVE_NO_MAGICLINKS
-    if path.startswith(b"/"):
+    absolute = path.startswith(b"/")
+    if absolute and resolve & RESOLVE_BENEATH:
+        raise OSError(errno.EXDEV, "absolute path with RESOLVE_BENEATH")
+    if absolute and not resolve & RESOLVE_IN_ROOT:
         return openat2(sup.root_fd, path, flags, mode, resolve | RESOLVE_IN_ROOT)
     link = f"/proc/{pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{pid}/fd/{dirfd}"
     try:
@@ -90,6 +155,8 @@ def _open_in_view(sup: Supervisor, pid: int, dirfd: int, path: bytes, flags: int
     try:
         if nid is not None and not sup.listener.id_valid(nid):
             raise OSError(errno.ESRCH, "the caller is gone")
+        if resolve & RESOLVE_IN_ROOT:  # the start directory is the root: nothing leaves it
+            return openat2(base, path, flags, mode, resolve)
         try:
             return openat2(base, path, flags, mode, resolve | RESOLVE_BENEATH)
         except OSError as exc:
@@ -174,6 +241,9 @@ def _open_without_blocking(opener: Callable[[int], int],
             st = os.fstat(probe)
             if stat.S_ISFIFO(st.st_mode):
                 return probe, st, True
+            if flags & os.O_CREAT and stat.S_ISDIR(st.st_mode):
+                os.close(probe)  # the reopen drops O_CREAT, which the kernel refuses on one
+                raise IsADirectoryError(errno.EISDIR, "O_CREAT on a directory")
             try:  # the same inode, so the same stat
                 return os.open(str(probe), (flags & ~REOPEN_DROPS) | os.O_CLOEXEC,
                                dir_fd=_own_fds()), st, False
@@ -216,7 +286,13 @@ def _finish_blocking_open(sup: Supervisor, n: Notification, fd: int, flags: int,
             os.close(reopened)
         sup.trace(n, f'"{name}", {flags:#o}', "fd (FIFO)")
 
-    threading.Thread(target=finish, name=f"pylos-fifo-{n.id}", daemon=True).start()
+    def serve() -> None:
+        try:
+            finish()
+        except Exception as exc:  # as in the supervisor's loop: answered, logged, no traceback
+            sup.internal_error(n, exc)
+
+    threading.Thread(target=serve, name=f"pylos-fifo-{n.id}", daemon=True).start()
 
 
 WRITE_INTENT = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -268,8 +344,28 @@ def _open_judged_by_path(sup: Supervisor, pid: int, dirfd: int, path: bytes, fla
         os.close(probe)
 
 
+def _serve_o_path(sup: Supervisor, n: Notification, name: str, flags: int,
+                  registers: bool) -> None:
+    """An admitted O_PATH open. ADDFD cannot install an O_PATH descriptor (the kernel's fget()
+    refuses them: EBADF), so the call continues and the kernel opens the path itself: safe
+    on registers alone, as an O_PATH descriptor reads, writes, maps and executes nothing
+    (reopening it through /proc/self/fd, or exec through it, is trapped and judged again).
+    openat2's flags are in memory, where a racing thread could turn O_PATH into O_RDWR
+    after this check: it answers ENOSYS, which openat2 users take as "fall back to openat"."""
+    if registers:
+        sup.trace(n, f'"{name}", {flags:#o}', "O_PATH, continue")
+        sup.listener.allow(n.id)
+        return
+    sup.warn_once("openat2-o-path", "warning", "openat2 with O_PATH cannot be served (no "
+                  "O_PATH descriptor can be installed in a trapped program): answered ENOSYS")
+    sup.listener.reply(n.id, error=errno.ENOSYS)
+    sup.trace(n, f'"{name}", {flags:#o}', "-ENOSYS (O_PATH)")
+
+
 def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, flags: int,
-                 mode: int, resolve: int = 0) -> None:
+                 mode: int, resolve: int = 0, registers: bool = True) -> None:
+    """Serve an open whose flags, mode and resolve already passed `check_open_how`;
+    `registers`: whether they came from registers (open, openat), not memory (openat2)."""
     pid = n.pid
     try:
         path = read_path(pid, path_ptr)
@@ -279,14 +375,26 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
         return
     if not sup.listener.id_valid(n.id):
         return  # the caller is gone or was interrupted: its memory meant nothing
+    if not path:  # before the dirfd is looked at, as getname() fails first
+        sup.listener.reply(n.id, error=errno.ENOENT)
+        return
     name = path.decode(errors="replace")
     fd = -1
     try:
-        if flags & os.O_CREAT:
-            mode &= ~_umask(pid)
-        path = _rewrite_proc_self(pid, path)
+        if _will_create(flags):
+            mode = mode & ~SET_ID_BITS & ~_umask(pid)
+        if path.startswith(b"/") and resolve & RESOLVE_BENEATH:
+            raise OSError(errno.EXDEV, "absolute path with RESOLVE_BENEATH")
+        # RESOLVE_IN_ROOT: "/proc/self/fd/N" is a path below the dirfd, not a reopen.
+        if not resolve & RESOLVE_IN_ROOT:
+            path = _rewrite_proc_self(pid, path)
         own_fd = STD_STREAMS.get(path)
         match = FD_PATH.match(path)
+        if resolve & RESOLVE_IN_ROOT:
+            own_fd = match = None
+        if (own_fd is not None or match) and resolve & (RESOLVE_NO_MAGICLINKS
+                                                         | RESOLVE_NO_SYMLINKS):
+            raise OSError(errno.ELOOP, "a magic link, refused by the program's resolve flags")
         if match and match.group(1) is not None and int(match.group(1)) != namespace_pid(pid):
             raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}': another "
                               "process's descriptor")
@@ -297,10 +405,12 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
                 flags & ~(os.O_CREAT | os.O_EXCL | os.O_CLOEXEC))
         else:
             judge_first = sup.policy.identity is not None
+            # A probe (O_PATH) or a reopen is no create: the mode goes with creating opens only.
             fd, st, pending = _open_without_blocking(
                 lambda how: (_open_judged_by_path if judge_first and how & WRITE_INTENT
                              else _open_in_view)(sup, pid, dirfd, path, how & ~os.O_CLOEXEC,
-                                                 mode, resolve, n.id), flags)
+                                                 mode if _will_create(how) else 0, resolve,
+                                                 n.id), flags)
         served = fd if within_rights else sup.policy.admit(fd, st, name, flags)
         if served != fd:
             # A verified copy: a fresh open file description each time (own offset).
@@ -310,6 +420,9 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
             _finish_blocking_open(sup, n, fd, flags, name)
             fd = -1  # the thread owns it now
             return
+        elif flags & O_PATH:
+            _serve_o_path(sup, n, name, flags, registers)
+            return
         sup.listener.reply_fd(n.id, fd, cloexec=bool(flags & os.O_CLOEXEC))
         sup.trace(n, f'"{name}", {flags:#o}', f"fd (inode {st.st_ino})")
     except PolicyError as exc:
@@ -317,7 +430,7 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
         sup.listener.reply(n.id, error=exc.errno)
         sup.trace(n, f'"{name}", {flags:#o}', f"-{errno.errorcode.get(exc.errno, exc.errno)}")
     except OSError as exc:
-        err = _explain_failure(sup, pid, dirfd, path, name, flags, exc.errno or errno.EIO)
+        err = _explain_failure(sup, pid, dirfd, path, name, resolve, exc.errno or errno.EIO)
         sup.listener.reply(n.id, error=err)
         sup.trace(n, f'"{name}", {flags:#o}', f"-{errno.errorcode.get(err, err)}")
     finally:
@@ -325,13 +438,13 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
             os.close(fd)
 
 
-def _explain_failure(sup: Supervisor, pid: int, dirfd: int, path: bytes, name: str, flags: int,
-                     err: int) -> int:
+def _explain_failure(sup: Supervisor, pid: int, dirfd: int, path: bytes, name: str,
+                     resolve: int, err: int) -> int:
     """Read-only mounts say EROFS; Gramine says EACCES, with a log line saying why."""
     if err != errno.EROFS:
         return err
     try:
-        fd = _open_in_view(sup, pid, dirfd, path, O_PATH, 0, 0)
+        fd = _open_in_view(sup, pid, dirfd, path, O_PATH, 0, resolve)
     except OSError:
         sup.log("error", f"Disallowing creating file '{name}'; file is not trusted or allowed.")
         return errno.EACCES
@@ -345,38 +458,58 @@ def _explain_failure(sup: Supervisor, pid: int, dirfd: int, path: bytes, name: s
     return errno.EACCES
 
 
+def _serve(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, flags: int, mode: int,
+           resolve: int = 0, strict: bool = False) -> None:  # strict: openat2, from memory
+    """Registers first, as the kernel checks them before it reads the path."""
+    try:
+        check_open_how(flags, mode, resolve, strict)
+    except OSError as exc:
+        sup.listener.reply(n.id, error=exc.errno or errno.EINVAL)
+        sup.trace(n, f"flags={flags:#o}, mode={mode:#o}, resolve={resolve:#x}",
+                  f"-{errno.errorcode.get(exc.errno or 0, exc.errno)}")
+        return
+    emulate_open(sup, n, dirfd, path_ptr, flags, mode, resolve, registers=not strict)
+
+
 def handle_open(sup: Supervisor, n: Notification) -> None:
-    emulate_open(sup, n, AT_FDCWD, n.args[0], _int32(n.args[1]), n.args[2] & 0o7777)
+    _serve(sup, n, AT_FDCWD, n.args[0], *legacy_open_how(n.args[1], n.args[2]))
 
 
 def handle_creat(sup: Supervisor, n: Notification) -> None:
-    emulate_open(sup, n, AT_FDCWD, n.args[0], os.O_CREAT | os.O_WRONLY | os.O_TRUNC,
-                 n.args[1] & 0o7777)
+    _serve(sup, n, AT_FDCWD, n.args[0],
+           *legacy_open_how(os.O_CREAT | os.O_WRONLY | os.O_TRUNC, n.args[1]))
 
 
 def handle_openat(sup: Supervisor, n: Notification) -> None:
-    emulate_open(sup, n, _int32(n.args[0]), n.args[1], _int32(n.args[2]), n.args[3] & 0o7777)
+    _serve(sup, n, _int32(n.args[0]), n.args[1], *legacy_open_how(n.args[2], n.args[3]))
+
+
+def read_open_how(pid: int, address: int, size: int) -> tuple[int, int, int]:
+    """openat2's `struct open_how` as copy_struct_from_user reads it: EINVAL below its first
+    version's 24 bytes, E2BIG above a page or for non-zero bytes beyond the fields known
+    (checked first), EFAULT for anything unreadable."""
+    if size < OPEN_HOW.size:
+        raise OSError(errno.EINVAL, "open_how too small")
+    if size > OPEN_HOW_MAX:
+        raise OSError(errno.E2BIG, "open_how too big")
+    if address == 0 or address + size > USER_ADDRESS_LIMIT:
+        raise OSError(errno.EFAULT, "bad address")
+    if size > OPEN_HOW.size:
+        for chunk in read_chunks(pid, address + OPEN_HOW.size, size - OPEN_HOW.size):
+            if chunk.count(0) != len(chunk):
+                raise OSError(errno.E2BIG, "unknown open_how fields set")
+    flags, mode, resolve = OPEN_HOW.unpack(read_memory(pid, address, OPEN_HOW.size))
+    return flags, mode, resolve
 
 
 def handle_openat2(sup: Supervisor, n: Notification) -> None:
-    size = n.args[3]
-    if size < OPEN_HOW.size:
-        sup.listener.reply(n.id, error=errno.EINVAL)
-        return
     try:
-        with open(f"/proc/{n.pid}/mem", "rb", buffering=0) as mem:
-            mem.seek(n.args[2])
-            raw = mem.read(OPEN_HOW.size)
-    except OSError:
-        raw = b""
+        flags, mode, resolve = read_open_how(n.pid, n.args[2], n.args[3])
+    except OSError as exc:
+        if sup.listener.id_valid(n.id):
+            sup.listener.reply(n.id, error=exc.errno or errno.EFAULT)
+        return
     if not sup.listener.id_valid(n.id):
         return
-    if len(raw) != OPEN_HOW.size:
-        sup.listener.reply(n.id, error=errno.EFAULT)
-        return
-    flags, mode, resolve = OPEN_HOW.unpack(raw)
-    # The program's own RESOLVE_IN_ROOT would make its dirfd the root: honour it by resolving
-    # beneath that directory instead (never wider than the view).
-    emulate_open(sup, n, _int32(n.args[0]), n.args[1], flags, mode,
-                 (resolve & ~RESOLVE_IN_ROOT) | (RESOLVE_BENEATH if resolve & RESOLVE_IN_ROOT
-                                                 else 0))
+    # Unlike open(2), O_LARGEFILE is not added for O_PATH: the flags stay as checked.
+    _serve(sup, n, _int32(n.args[0]), n.args[1], flags, mode, resolve, strict=True)

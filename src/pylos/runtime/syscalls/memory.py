@@ -18,8 +18,12 @@ if TYPE_CHECKING:
     from pylos.runtime.supervisor import Supervisor
 
 MAP_ANONYMOUS = 0x20
+MAP_TYPE = 0x0F
+MAP_TYPES = (0x01, 0x02, 0x03)  # MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE
 LARGE_MMAP = 1 << 20
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# No x86_64 address space is this big (2**47, or 2**56 with five-level paging).
+ADDRESS_SPACE_MAX = 1 << 56
 
 
 def address_space_of(tid: int) -> int | None:
@@ -31,8 +35,18 @@ def address_space_of(tid: int) -> int | None:
         return None
 
 
+def fails_regardless(length: int, flags: int, offset: int) -> bool:
+    """Whether the kernel refuses this mmap whatever the memory limit (bad mapping type,
+    unaligned offset, a length no address space holds): not the enclave size's doing."""
+    return ((flags & MAP_TYPE) not in MAP_TYPES or offset % PAGE_SIZE != 0
+            or length > ADDRESS_SPACE_MAX)
+
+
 def handle_large_mmap(sup: Supervisor, n: Notification) -> None:
     length = n.args[1]
+    if fails_regardless(length, n.args[3], n.args[5]):
+        sup.listener.allow(n.id)  # the kernel's EINVAL or ENOMEM
+        return
     in_use = address_space_of(n.pid)
     limit = sup.config.enclave_size
     if in_use is not None and in_use + length > limit:

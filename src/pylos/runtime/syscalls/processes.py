@@ -26,6 +26,13 @@ if TYPE_CHECKING:
     from pylos.runtime.supervisor import Supervisor
 
 AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_NOFOLLOW = 0x100
+# Linux 6.14+: only check that the file may be executed, and answer 0 (the kernel does, once
+# the call continues; an older kernel answers EINVAL itself).
+AT_EXECVE_CHECK = 0x10000
+EXECVEAT_FLAGS = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_EXECVE_CHECK  # any other bit: EINVAL
+CLONE_VM = 0x00000100
+CLONE_SIGHAND = 0x00000800
 CLONE_THREAD = 0x00010000
 MAX_INTERPRETER_DEPTH = 4
 ELF_HEADER = struct.Struct("<4sBBBBB7xHHIQQQIHHHHHH")
@@ -106,21 +113,35 @@ def _stage(sup: Supervisor, pid: int, view_path: str, content: int, name: str) -
 
 
 def _verify_exec(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, flags: int) -> None:
+    """In the kernel's order: the path is read (EFAULT, ENAMETOOLONG; ENOENT when empty
+    without AT_EMPTY_PATH), then the flags are checked (EINVAL), then the file is opened.
+    argv and envp are the kernel's to read once the call continues (EFAULT, E2BIG)."""
     try:
-        path = read_path(n.pid, path_ptr) if path_ptr else b""
+        path = read_path(n.pid, path_ptr)
     except OSError as exc:
         if sup.listener.id_valid(n.id):
             sup.listener.reply(n.id, error=exc.errno or errno.EFAULT)
         return
     if not sup.listener.id_valid(n.id):
         return
+    if not path and not flags & AT_EMPTY_PATH:
+        sup.listener.reply(n.id, error=errno.ENOENT)
+        return
+    if flags & ~EXECVEAT_FLAGS:
+        sup.listener.reply(n.id, error=errno.EINVAL)
+        return
     name = path.decode(errors="replace")
     fd = -1
     try:
-        if not path and flags & AT_EMPTY_PATH:
-            fd = os.open(f"/proc/{n.pid}/fd/{dirfd}", os.O_RDONLY | os.O_CLOEXEC)
+        if not path:  # AT_EMPTY_PATH: the dirfd itself
+            link = f"/proc/{n.pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{n.pid}/fd/{dirfd}"
+            try:
+                fd = os.open(link, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise OSError(errno.EBADF, "bad dirfd") from None
         else:
-            fd = _open_in_view(sup, n.pid, dirfd, path, os.O_RDONLY, 0, 0)
+            nofollow = os.O_NOFOLLOW if flags & AT_SYMLINK_NOFOLLOW else 0
+            fd = _open_in_view(sup, n.pid, dirfd, path, os.O_RDONLY | nofollow, 0, 0)
         verify_executable(sup, n.pid, fd, name)
     except PolicyError as exc:
         sup.log(exc.level, str(exc))
@@ -143,13 +164,23 @@ def handle_execve(sup: Supervisor, n: Notification) -> None:
 
 
 def handle_execveat(sup: Supervisor, n: Notification) -> None:
-    _verify_exec(sup, n, _int32(n.args[0]), n.args[1], n.args[4])
+    _verify_exec(sup, n, _int32(n.args[0]), n.args[1], _int32(n.args[4]))
 
 
 def handle_clone(sup: Supervisor, n: Notification) -> None:
     """Only trapped for clone(CLONE_THREAD) (thread limit) and, when subprocesses are
-    disabled, for process creation; the decision uses registers only, so CONTINUE is safe."""
-    if not n.args[0] & CLONE_THREAD:
+    disabled, for process creation; the decision uses registers only, so CONTINUE is safe.
+
+    clone(2) takes the low 32 bits of its flags. A combination the kernel refuses before
+    anything else (CLONE_THREAD without CLONE_SIGHAND, CLONE_SIGHAND without CLONE_VM) is
+    answered EINVAL, as the kernel would, rather than counted or refused as a subprocess.
+    """
+    flags = n.args[0] & 0xFFFFFFFF
+    if (flags & CLONE_THREAD and not flags & CLONE_SIGHAND) or (
+            flags & CLONE_SIGHAND and not flags & CLONE_VM):
+        sup.listener.reply(n.id, error=errno.EINVAL)
+        return
+    if not flags & CLONE_THREAD:
         refuse_subprocess(sup, n)
         return
     limit = sup.config.max_threads
