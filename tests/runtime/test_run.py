@@ -73,7 +73,26 @@ def test_log_level_and_trace_options(make_enclave, tmp_path):
     trace = tmp_path / "trace.log"
     result = run_pylos("run", f"--trace={trace}", "app", cwd=enclave.root)
     assert result.returncode == 0 and result.stdout == "Hello, world\n"
-    assert "openat(" in trace.read_text()
+    logged = trace.read_text()
+    assert 'openat("/lib/libc.so.6", O_RDONLY|O_CLOEXEC) = fd: trusted, verified' in logged
+    assert 'execve("/app") = verified, continue' in logged
+
+
+def test_trace_and_debug_say_what_was_decided(make_enclave):
+    enclave = make_enclave("fsops")
+    result = run_pylos("run", "--trace", "app", "read", "/plain.txt", "write", "/data/new",
+                       cwd=enclave.root)
+    assert result.stdout == "read EACCES\nwrite ok\n", result.stderr
+    assert ('openat("/plain.txt", O_RDONLY) = -EACCES: refused (Disallowing access to file '
+            "'/plain.txt'; file is not allowed.)") in result.stderr
+    assert 'openat("/data/new", O_WRONLY|O_CREAT|O_APPEND) = fd: allowed' in result.stderr
+    result = run_pylos("run", "--log-level", "debug", "app", "read", "/trusted.txt",
+                       cwd=enclave.root)
+    assert "[pylos] debug: view: /app is " in result.stderr
+    assert f"[pylos] debug: view: /data is {enclave.root}/data (read-write: allowed)" in (
+        result.stderr)
+    assert f"[pylos] debug: trusted file '{enclave.root}/trusted.txt' verified (16 bytes" in (
+        result.stderr)
     for argv, message in ((["--log-level", "loud", "app"], "--log-level 'loud': expected one "
                            "of none, error, warning, debug, trace, all"),
                           (["--sgx", "--direct", "app"], "--sgx and --direct exclude each other"),

@@ -229,6 +229,31 @@ def view_rules(config: EnclaveConfig, plan: ViewPlan) -> tuple[tuple[str, int], 
 STANDARD_STREAMS = ("standard input", "standard output", "standard error")
 
 
+def _log_view(log: Log, config: EnclaveConfig, plan: ViewPlan,
+              confinement: Confinement) -> None:
+    """`loader.log_level = "debug"`: what the view holds and which policies apply."""
+    from pylos.runtime import landlock
+
+    root = plan.root_host or "a tmpfs"
+    log("debug", f"view: / is {root} ({'read-write' if plan.root_writable else 'read-only'})")
+    for entry in plan.binds:
+        if isinstance(entry, Bind):
+            log("debug", f"view: {entry.path} is {entry.host} "
+                f"({'read-write: allowed' if entry.writable else 'read-only'})")
+        else:
+            kind = next((m.type for m in config.mounts if m.path == entry), "tmpfs")
+            log("debug", f"view: {entry} is a{'n' if kind == 'encrypted' else ''} {kind} mount")
+    for path in plan.synthesized:
+        log("debug", f"view: {path} is made by pylos (read-only)")
+    log("debug", f"policy: {len(config.trusted)} trusted files, {len(config.allowed)} allowed "
+        f"paths, sgx.file_check_policy = "
+        f"{'allow_all_but_log' if config.allow_all_but_log else 'strict'}")
+    writable = [path for path, rights in confinement.landlock_rules
+                if rights & landlock.WRITE_FILE and path != "/"]
+    log("debug", f"Landlock ABI {confinement.landlock_abi}: writes only beneath "
+        + ", ".join(writable) if confinement.landlock_abi else "Landlock: unavailable")
+
+
 def _replace_unsafe_standard_descriptors(log: Log) -> None:
     """A standard descriptor that is a directory (or an O_PATH handle of anything) would be a
     door to the host inside the enclave (fchdir, openat on it): /dev/null takes its place.
@@ -529,6 +554,8 @@ def run(app: str, host_args: list[str],
     for missing in landlock.missing_features(landlock_abi):
         log("warning", f"this kernel's Landlock lacks {missing}")
     confinement = Confinement(program_filter, view_rules(config, plan), landlock_abi)
+    if config.logs("debug"):
+        _log_view(log, config, plan, confinement)
     # An empty host directory to mount the view's tmpfs on (tempfile costs 4 ms to import).
     newroot = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pylos-root-{os.urandom(8).hex()}")
     os.mkdir(newroot, 0o700)

@@ -19,6 +19,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pylos.hashing import FileKey
 from pylos.runtime.identity import IdentityPolicy
@@ -34,6 +35,11 @@ class PolicyError(Exception):
         super().__init__(message)
         self.errno = err
         self.level = level
+
+
+class Admitted(NamedTuple):
+    fd: int
+    verdict: str
 
 
 @dataclass
@@ -134,6 +140,8 @@ class TrustedFiles:
         except BaseException:
             os.close(memfd)
             raise
+        self._log("debug", f"trusted file '{host_path}' verified ({key.size} bytes, sha256 "
+                  f"{digest[:16]}…)")
         verified = Verified(memfd, key.size)
         self._copies[key] = verified
         return verified
@@ -167,19 +175,20 @@ class FilePolicy:
         self.allow_all_but_log = allow_all_but_log
         self._log = log
 
-    def admit(self, fd: int, st: os.stat_result, name: str, flags: int) -> int:
-        """Decide on an opened fd: return the fd to give the program (maybe a verified copy).
+    def admit(self, fd: int, st: os.stat_result, name: str, flags: int) -> Admitted:
+        """Decide on an opened fd: the fd to give the program (maybe a verified copy), and the
+        verdict in words (for `--trace`).
 
         Raises PolicyError when the open must fail. `fd` stays owned by the caller.
         """
         mode = st.st_mode
         if not stat.S_ISREG(mode):
-            return fd  # directories, the view's device nodes, fifos, sockets
+            return Admitted(fd, "not a regular file")  # directories, devices, fifos, sockets
         if (st.st_dev, st.st_ino) in self.trusted.staged:
             if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
                 raise PolicyError(errno.EACCES, f"Disallowing write/append to a trusted file "
                                   f"'{name}'")
-            return fd  # a verified copy, immutable
+            return Admitted(fd, "trusted, staged verified copy")  # immutable
         # Where the kernel actually opened it, as a canonical path in the view.
         entry = self.trusted.lookup(st, fd)
         if entry is not None:
@@ -187,16 +196,19 @@ class FilePolicy:
             if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
                 raise PolicyError(errno.EACCES, f"Disallowing write/append to a trusted file "
                                   f"'{name}'")
-            return self.trusted.verified_copy(fd, host_path, expected, st).memfd
+            return Admitted(self.trusted.verified_copy(fd, host_path, expected, st).memfd,
+                            "trusted, verified")
         mnt_id = mount_id(fd)
-        if mnt_id in self.writable_mounts or mnt_id in self.private_mounts:
-            return fd
+        if mnt_id in self.writable_mounts:
+            return Admitted(fd, "allowed")
+        if mnt_id in self.private_mounts:
+            return Admitted(fd, "enclave-private (tmpfs, /proc)")
         if self.identity is not None and self.identity.allows(
                 os.readlink(f"/proc/self/fd/{fd}")):
-            return fd
+            return Admitted(fd, "allowed")
         if self.allow_all_but_log:
             self._log("warning", f"Allowing access to unknown file '{name}' due to "
                       "file_check_policy.")
-            return fd
+            return Admitted(fd, "unknown, allowed by file_check_policy")
         raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}'; file is not "
                           "allowed.")

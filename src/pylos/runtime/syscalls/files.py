@@ -130,6 +130,30 @@ def _rewrite_proc_self(pid: int, path: bytes) -> bytes:
     return path
 
 
+# Open flags by name, for --trace (O_RDONLY is the absence of the access bits).
+FLAG_NAMES = tuple((value, name) for name, value in (
+    ("O_WRONLY", os.O_WRONLY), ("O_RDWR", os.O_RDWR), ("O_CREAT", os.O_CREAT),
+    ("O_EXCL", os.O_EXCL), ("O_NOCTTY", os.O_NOCTTY), ("O_TRUNC", os.O_TRUNC),
+    ("O_APPEND", os.O_APPEND), ("O_NONBLOCK", os.O_NONBLOCK), ("O_SYNC", os.O_SYNC),
+    ("O_DSYNC", os.O_DSYNC), ("O_ASYNC", os.O_ASYNC), ("O_DIRECT", os.O_DIRECT),
+    ("O_LARGEFILE", O_LARGEFILE), ("O_DIRECTORY", os.O_DIRECTORY),
+    ("O_NOFOLLOW", os.O_NOFOLLOW), ("O_NOATIME", os.O_NOATIME), ("O_CLOEXEC", os.O_CLOEXEC),
+    ("O_PATH", O_PATH), ("O_TMPFILE", O_TMPFILE_BIT)))
+
+
+def open_flags_text(flags: int) -> str:
+    """`O_RDONLY|O_CLOEXEC`, as strace writes open flags."""
+    names = [] if flags & os.O_ACCMODE else ["O_RDONLY"]
+    known = 0
+    for value, name in FLAG_NAMES:
+        if flags & value == value and value:
+            names.append(name)
+            known |= value
+    if flags & ~known & ~os.O_ACCMODE or flags & os.O_ACCMODE == os.O_ACCMODE:
+        names.append(f"{flags & ~known:#o}")
+    return "|".join(names)
+
+
 def _open_in_view(sup: Supervisor, pid: int, dirfd: int, path: bytes, flags: int, mode: int,
                   resolve: int, nid: int | None = None) -> int:
     """Open `path` as the program would, confined to the view (no magic links, no escape).
@@ -284,7 +308,7 @@ def _finish_blocking_open(sup: Supervisor, n: Notification, fd: int, flags: int,
             sup.listener.reply_fd(n.id, reopened, cloexec=bool(flags & os.O_CLOEXEC))
         finally:
             os.close(reopened)
-        sup.trace(n, f'"{name}", {flags:#o}', "fd (FIFO)")
+        sup.trace(n, f'"{name}", {open_flags_text(flags)}', "fd (FIFO)")
 
     def serve() -> None:
         try:
@@ -353,13 +377,13 @@ def _serve_o_path(sup: Supervisor, n: Notification, name: str, flags: int,
     openat2's flags are in memory, where a racing thread could turn O_PATH into O_RDWR
     after this check: it answers ENOSYS, which openat2 users take as "fall back to openat"."""
     if registers:
-        sup.trace(n, f'"{name}", {flags:#o}', "O_PATH, continue")
+        sup.trace(n, f'"{name}", {open_flags_text(flags)}', "O_PATH: judged, continued")
         sup.listener.allow(n.id)
         return
     sup.warn_once("openat2-o-path", "warning", "openat2 with O_PATH cannot be served (no "
                   "O_PATH descriptor can be installed in a trapped program): answered ENOSYS")
     sup.listener.reply(n.id, error=errno.ENOSYS)
-    sup.trace(n, f'"{name}", {flags:#o}', "-ENOSYS (O_PATH)")
+    sup.trace(n, f'"{name}", {open_flags_text(flags)}', "-ENOSYS (O_PATH)")
 
 
 def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, flags: int,
@@ -411,7 +435,8 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
                              else _open_in_view)(sup, pid, dirfd, path, how & ~os.O_CLOEXEC,
                                                  mode if _will_create(how) else 0, resolve,
                                                  n.id), flags)
-        served = fd if within_rights else sup.policy.admit(fd, st, name, flags)
+        served, verdict = (fd, "reopen of its own descriptor") if within_rights else (
+            sup.policy.admit(fd, st, name, flags))
         if served != fd:
             # A verified copy: a fresh open file description each time (own offset).
             os.close(fd)
@@ -424,15 +449,17 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
             _serve_o_path(sup, n, name, flags, registers)
             return
         sup.listener.reply_fd(n.id, fd, cloexec=bool(flags & os.O_CLOEXEC))
-        sup.trace(n, f'"{name}", {flags:#o}', f"fd (inode {st.st_ino})")
+        sup.trace(n, f'"{name}", {open_flags_text(flags)}', f"fd: {verdict}")
     except PolicyError as exc:
         sup.log(exc.level, str(exc))
         sup.listener.reply(n.id, error=exc.errno)
-        sup.trace(n, f'"{name}", {flags:#o}', f"-{errno.errorcode.get(exc.errno, exc.errno)}")
+        sup.trace(n, f'"{name}", {open_flags_text(flags)}',
+                  f"-{errno.errorcode.get(exc.errno, exc.errno)}: refused ({exc})")
     except OSError as exc:
         err = _explain_failure(sup, pid, dirfd, path, name, resolve, exc.errno or errno.EIO)
         sup.listener.reply(n.id, error=err)
-        sup.trace(n, f'"{name}", {flags:#o}', f"-{errno.errorcode.get(err, err)}")
+        sup.trace(n, f'"{name}", {open_flags_text(flags)}',
+                  f"-{errno.errorcode.get(err, err)}")
     finally:
         if fd >= 0:
             os.close(fd)
