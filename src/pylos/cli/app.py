@@ -1,17 +1,25 @@
 """The `pylos` click application: a thin layer over the library API.
 
-Every `PylosError` becomes `ERROR: <message>` on stderr and exit status 2 (click's own usage
-errors also exit 2); a traceback means a pylos bug, never a user mistake.
+Every `PylosError` becomes one `ERROR: <message>` line on stderr (indented details may follow)
+and its exit status: 1 for rejected input (`InputError`: a file's content is malformed or fails
+a check, rejected evidence), 2 for usage errors (click's own usage errors also exit 2); a
+traceback means a pylos bug, never a user mistake.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
 from pylos import __version__
 from pylos.errors import PylosError
+
+# Evidence comes from whoever sends it: cryptography's warnings about the malformed but
+# tolerated parts of a certificate (a name attribute of the wrong length, a negative serial
+# number) would print source lines amid the verdict, which already says what matters.
+warnings.filterwarnings("ignore", module=r"pylos\.attest\.")
 
 
 class PylosGroup(click.Group):
