@@ -24,6 +24,7 @@ from pylos.attest.pki import (
     raw_signature,
 )
 from pylos.attest.report import with_report_data
+from pylos.errors import InputError
 from pylos.sgx.egetkey import SIM_CPU_SVN
 from pylos.sgx.structs import Attributes, ReportBody
 
@@ -40,8 +41,8 @@ SIGNED_SIZE = 432  # header + report body: what the attestation key signs
 QE_AUTH_DATA = bytes(range(32))  # what Intel's QE puts there
 
 
-class QuoteError(ValueError):
-    """The bytes are not a well-formed SGX DCAP v3 quote."""
+class QuoteError(InputError):
+    """The bytes are not a well-formed SGX DCAP v3 quote (a ValueError too, exit status 1)."""
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pylos.attest.verify import Policy, VerificationError, VerifiedQuote, parse, verify_quote
-from pylos.errors import PylosError
+from pylos.attest.verify import (
+    CERT_ERRORS,
+    Policy,
+    VerificationError,
+    VerifiedQuote,
+    decode_certificate,
+    parse,
+    verify_quote,
+)
+from pylos.errors import InputError, PylosError, about
 
 if TYPE_CHECKING:
     import ssl
@@ -134,20 +142,35 @@ class Evidence:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_certificate(data: bytes) -> x509.Certificate:
-    try:
-        # Not `in`: an RA-TLS certificate's DER carries the PCK chain's PEM text in its quote.
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise PylosError(f"not an X.509 certificate (PEM or DER): {exc}") from None
+def load_certificate(data: bytes, source: str | None = None) -> x509.Certificate:
+    """The certificate in `data` (PEM or DER), fully decoded; InputError naming `source`."""
+    with about(source):
+        try:
+            # Not `in`: an RA-TLS certificate's DER carries the PCK chain's PEM text in its
+            # quote.
+            if data.lstrip().startswith(b"-----BEGIN"):
+                cert = x509.load_pem_x509_certificate(data)
+            else:
+                cert = x509.load_der_x509_certificate(data)
+            return decode_certificate(cert)
+        except CERT_ERRORS as exc:
+            raise InputError(f"not an X.509 certificate (PEM or DER): {exc}") from None
 
 
-def extract_evidence(cert: x509.Certificate) -> Evidence:
-    """The quote of an RA-TLS certificate, with REPORTDATA checked against the cert's key."""
+def extract_evidence(cert: x509.Certificate, source: str | None = None) -> Evidence:
+    """The quote of an RA-TLS certificate, with REPORTDATA checked against the cert's key;
+    VerificationError or QuoteError (exit status 1) naming `source` otherwise."""
+    with about(source):
+        return _extract_evidence(cert)
+
+
+def _extract_evidence(cert: x509.Certificate) -> Evidence:
     import cbor2
 
+    try:
+        decode_certificate(cert)
+    except CERT_ERRORS as exc:
+        raise VerificationError(f"the certificate is malformed: {exc}") from None
     spki = spki_der(cert.public_key())
     found = {e.oid.dotted_string: e.value for e in cert.extensions
              if isinstance(e.value, x509.UnrecognizedExtension)}
@@ -160,14 +183,21 @@ def extract_evidence(cert: x509.Certificate) -> Evidence:
                 raise ValueError("expected tag(60000) [bstr quote, bstr claims]")
             raw, claims_bytes = tagged.value
             claims = cbor2.loads(claims_bytes)
-            alg, digest = cbor2.loads(claims["pubkey-hash"])
-        except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError) as exc:
+            if not isinstance(claims, dict) or not isinstance(claims.get("pubkey-hash"), bytes):
+                raise ValueError('expected claims {"pubkey-hash": bstr}')
+            hashed = cbor2.loads(claims["pubkey-hash"])
+            if not (isinstance(hashed, list) and len(hashed) == 2
+                    and type(hashed[0]) is int and isinstance(hashed[1], bytes)):
+                raise ValueError("expected pubkey-hash [int hash-alg-id, bstr hash]")
+            alg, digest = hashed
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError, MemoryError,
+                cbor2.CBORError) as exc:
             raise VerificationError(f"RA-TLS tagged evidence ({TCG_EVIDENCE_OID}) is "
                                     f"malformed: {exc}") from None
         if alg not in _HASHES or _HASHES[alg](spki).digest() != digest:
             raise VerificationError("RA-TLS claims: pubkey-hash is not the hash of the "
                                     "certificate's public key")
-        evidence = Evidence(raw, _quote(raw), "tcg", TCG_EVIDENCE_OID)
+        evidence = Evidence(raw, _quote(raw, "tcg"), "tcg", TCG_EVIDENCE_OID)
         expected = hashlib.sha256(claims_bytes).digest()
     else:
         oid = next((o for o in (LEGACY_OID, LEGACY_OID_QUIRK) if o in found), None)
@@ -176,7 +206,7 @@ def extract_evidence(cert: x509.Certificate) -> Evidence:
                                     f"evidence extension ({TCG_EVIDENCE_OID}) nor the legacy "
                                     f"SGX quote extension ({LEGACY_OID})")
         raw = found[oid].value
-        evidence = Evidence(raw, _quote(raw), "legacy", oid,
+        evidence = Evidence(raw, _quote(raw, "legacy"), "legacy", oid,
                             ["the certificate uses the deprecated legacy RA-TLS extension"])
         expected = hashlib.sha256(spki).digest()
     if evidence.quote.body.report_data[:32] != expected:
@@ -185,10 +215,11 @@ def extract_evidence(cert: x509.Certificate) -> Evidence:
     return evidence
 
 
-def _quote(raw: bytes) -> Quote:
-    if not 128 <= len(raw) <= 65535:
-        raise VerificationError(f"RA-TLS quote size {len(raw)} is outside 128..65535 bytes")
-    return parse(raw)
+def _quote(raw: bytes, extension: str) -> Quote:
+    with about(f"the {extension} extension's quote"):
+        if not 128 <= len(raw) <= 65535:
+            raise VerificationError(f"RA-TLS quote size {len(raw)} is outside 128..65535 bytes")
+        return parse(raw)
 
 
 def _env_hex(env: Mapping[str, str], name: str) -> bytes | None:
@@ -243,37 +274,43 @@ class RatlsResult:
 
 
 def verify_certificate(cert: bytes | x509.Certificate, *, policy: Policy | None = None,
-                       allow_simulated: bool | None = None, collateral: str | None = None,
+                       allow_simulated: bool | None = None, collateral: str | bytes | None = None,
                        now: int | None = None, platform: SimulatedPlatform | None = None,
-                       env: Mapping[str, str] | None = None) -> RatlsResult:
+                       env: Mapping[str, str] | None = None, source: str | None = None,
+                       collateral_source: str | None = None) -> RatlsResult:
     """Verify an RA-TLS certificate (DER/PEM bytes or a cryptography certificate).
 
     Unset arguments come from the environment the Gramine way: `policy_from_env`,
-    `PYLOS_RA_TLS_ALLOW_SIMULATED=1`, `PYLOS_RA_TLS_COLLATERAL=FILE`. VerificationError
-    (or PylosError for a bad policy/collateral setting) when it must not be trusted.
+    `PYLOS_RA_TLS_ALLOW_SIMULATED=1`, `PYLOS_RA_TLS_COLLATERAL=FILE`. VerificationError or
+    InputError (exit status 1, naming `source`, the certificate's file) when it must not be
+    trusted; a PylosError (2) for a bad policy/collateral setting.
     """
     env = os.environ if env is None else env
     if not isinstance(cert, x509.Certificate):
-        cert = load_certificate(cert)
-    evidence = extract_evidence(cert)
+        cert = load_certificate(cert, source)
+    evidence = extract_evidence(cert, source)
     if policy is None:
         policy = policy_from_env(env)
     if allow_simulated is None:
         allow_simulated = env.get(ALLOW_SIMULATED_VAR) == "1"
     if collateral is None and env.get(COLLATERAL_VAR):
+        collateral_source = env[COLLATERAL_VAR]
         try:
-            with open(env[COLLATERAL_VAR]) as f:
+            with open(collateral_source, "rb") as f:
                 collateral = f.read()
         except OSError as exc:
-            raise PylosError(f"{COLLATERAL_VAR}={env[COLLATERAL_VAR]}: {exc.strerror}") \
+            raise PylosError(f"{COLLATERAL_VAR}={collateral_source}: {exc.strerror}") \
                 from None
-    verified = verify_quote(evidence.raw_quote, collateral=collateral, now=now,
-                            allow_simulated=allow_simulated, policy=policy, platform=platform)
-    key = cert.public_key()
-    if not (isinstance(key, ec.EllipticCurvePublicKey)
-            and key.curve.name in ("secp384r1", "secp256r1")):
-        raise VerificationError("RA-TLS certificate key is not EC P-384/P-256 (Gramine "
-                                "verifiers accept only those since 1.4)")
+    with about(source):
+        verified = verify_quote(evidence.raw_quote, collateral=collateral, now=now,
+                                allow_simulated=allow_simulated, policy=policy,
+                                platform=platform, source=f"the {evidence.extension} extension's "
+                                "quote", collateral_source=collateral_source)
+        key = cert.public_key()
+        if not (isinstance(key, ec.EllipticCurvePublicKey)
+                and key.curve.name in ("secp384r1", "secp256r1")):
+            raise VerificationError("RA-TLS certificate key is not EC P-384/P-256 (Gramine "
+                                    "verifiers accept only those since 1.4)")
     return RatlsResult(evidence, verified)
 
 

@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from pylos.attest.pki import SIM_MARKER
 from pylos.attest.quote import CERT_TYPE_NAMES, CERT_TYPE_PCK_CHAIN, Quote, QuoteError
-from pylos.errors import PylosError
+from pylos.errors import InputError, PylosError, about
 from pylos.sgx.structs import FLAG_DEBUG
 
 if TYPE_CHECKING:
@@ -44,10 +44,17 @@ TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
 REJECTED_STATUSES = ("Revoked", "Unknown")
 
 
-class VerificationError(PylosError):
-    """The evidence was rejected (exit status 1; bad input stays a plain PylosError, 2)."""
+# What cryptography raises for a certificate it cannot decode: names, keys, extensions and
+# the version are decoded lazily, on first use, each with its own exception.
+CERT_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion,
+               x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+# `--now` and `now=`: what dcap-qvl (u64) and the messages (a calendar date) can take.
+MAX_TIME = 253402300799  # 9999-12-31 23:59:59 UTC
 
-    exit_code = 1
+
+class VerificationError(InputError):
+    """The evidence was rejected (exit status 1, as malformed evidence; a usage error — an
+    unreadable file, a bad option value — stays a plain PylosError, 2)."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +92,43 @@ class VerifiedQuote:
     notes: list[str] = field(default_factory=list)
 
 
-def _public_key_bytes(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(serialization.Encoding.X962,
-                                          serialization.PublicFormat.UncompressedPoint)
+def _public_key_bytes(cert: x509.Certificate) -> bytes | None:
+    """The certificate's EC public key as an uncompressed point; None for any other key."""
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return None
+    return key.public_bytes(serialization.Encoding.X962,
+                            serialization.PublicFormat.UncompressedPoint)
+
+
+def decode_certificate(cert: x509.Certificate) -> x509.Certificate:
+    """`cert`, with every part the verifier and `quote view` use decoded now: cryptography
+    decodes them lazily, so a malformed name, key or extension would otherwise raise (an
+    exception of its own choosing) wherever it is first used."""
+    cert.subject.rfc4514_string()
+    cert.issuer.rfc4514_string()
+    cert.subject.public_bytes()
+    cert.issuer.public_bytes()
+    cert.public_key()
+    _ = cert.version, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.extensions
+    _ = cert.signature_hash_algorithm
+    return cert
+
+
+def load_chain(pem: bytes, what: str) -> list[x509.Certificate]:
+    """The PEM certificates in `pem`, each fully decoded; InputError naming `what` and the
+    certificate's position if one is malformed."""
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except CERT_ERRORS as exc:
+        raise InputError(f"{what} does not parse: {exc}") from None
+    for index, cert in enumerate(certs):
+        try:
+            decode_certificate(cert)
+        except CERT_ERRORS as exc:
+            raise InputError(f"{what}: certificate {index} of {len(certs)} is malformed: "
+                             f"{exc}") from None
+    return certs
 
 
 def _verify_raw(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
@@ -109,10 +150,9 @@ def pck_chain(quote: Quote) -> Chain:
             f"certification data type {quote.cert_type} ({name}) carries no PCK certificate "
             "chain to check; pylos verifies type 5 (PCK certificate chain) quotes")
     try:
-        certs = x509.load_pem_x509_certificates(quote.cert_data.rstrip(b"\0"))
-    except ValueError as exc:
-        raise VerificationError(f"the quote's PCK certificate chain does not parse: {exc}") \
-            from None
+        certs = load_chain(quote.cert_data.rstrip(b"\0"), "the quote's PCK certificate chain")
+    except InputError as exc:
+        raise VerificationError(str(exc)) from None
     issuers = {c.subject.public_bytes(): c for c in certs}
     subjects_issued = {c.issuer.public_bytes() for c in certs if c.issuer != c.subject}
     leaves = [c for c in certs if c.subject.public_bytes() not in subjects_issued]
@@ -129,7 +169,7 @@ def pck_chain(quote: Quote) -> Chain:
     for cert, issuer in zip(chain, chain[1:] + chain[-1:], strict=True):
         try:
             cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
+        except (*CERT_ERRORS, InvalidSignature):
             raise VerificationError(f"PCK chain: the signature on "
                                     f"'{cert.subject.rfc4514_string()}' does not verify with "
                                     f"its issuer's key") from None
@@ -169,22 +209,60 @@ def check_signatures(quote: Quote) -> Chain:
     return chain
 
 
-def parse(raw: bytes) -> Quote:
-    try:
-        return Quote.unpack(raw)
-    except (QuoteError, ValueError) as exc:
-        raise PylosError(f"not an SGX DCAP v3 quote: {exc}") from None
+def parse(raw: bytes, source: str | None = None) -> Quote:
+    """The quote in `raw`; QuoteError (exit status 1) naming `source` if it is not one."""
+    with about(source):
+        try:
+            return Quote.unpack(raw)
+        except QuoteError as exc:
+            raise QuoteError(f"not an SGX DCAP v3 quote: {exc}") from None
 
 
-def verify_quote(raw: bytes, *, collateral: str | None = None, now: int | None = None,
+def parse_collateral(text: str | bytes, source: str | None = None) -> object:
+    """dcap-qvl's QuoteCollateralV3 from its JSON; InputError naming `source` otherwise."""
+    import dcap_qvl
+
+    with about(source, file=True):
+        try:
+            if isinstance(text, bytes):
+                text = text.decode()
+            return dcap_qvl.QuoteCollateralV3.from_json(text)
+        except (ValueError, TypeError, KeyError) as exc:  # UnicodeDecodeError is a ValueError
+            raise InputError(f"not QuoteCollateralV3 JSON (the layout of dcap-qvl's "
+                             f"QuoteCollateralV3.from_json): {exc}") from None
+
+
+def check_time(now: int | None) -> int:
+    """`now`, or the clock; a PylosError (a usage error) outside 0 .. 9999-12-31."""
+    if now is None:
+        return int(time.time())
+    if not 0 <= now <= MAX_TIME:
+        raise PylosError(f"verification time {now} is outside 0 .. {MAX_TIME} (unix seconds)")
+    return now
+
+
+def verify_quote(raw: bytes, *, collateral: str | bytes | None = None, now: int | None = None,
                  allow_simulated: bool = False, policy: Policy | None = None,
-                 platform: SimulatedPlatform | None = None) -> VerifiedQuote:
-    """Full DCAP verification of `raw` at `now` (default: the clock), then `policy`."""
+                 platform: SimulatedPlatform | None = None, source: str | None = None,
+                 collateral_source: str | None = None) -> VerifiedQuote:
+    """Full DCAP verification of `raw` at `now` (default: the clock), then `policy`.
+
+    VerificationError (exit status 1) when the quote must not be trusted, QuoteError or
+    InputError (1) when it or the collateral is malformed, each naming `source` (the quote's
+    file) or `collateral_source`."""
+    now = check_time(now)
+    with about(source):
+        return _verify_quote(raw, collateral, now, allow_simulated, policy, platform,
+                             collateral_source)
+
+
+def _verify_quote(raw: bytes, collateral: str | bytes | None, now: int, allow_simulated: bool,
+                  policy: Policy | None, platform: SimulatedPlatform | None,
+                  collateral_source: str | None) -> VerifiedQuote:
     import dcap_qvl
 
     quote = parse(raw)
     chain = check_signatures(quote)
-    now = int(time.time()) if now is None else now
     if chain.kind == "unknown":
         debug = " It is also a DEBUG enclave." if quote.body.attributes.debug else ""
         raise VerificationError(
@@ -213,10 +291,13 @@ def verify_quote(raw: bytes, *, collateral: str | None = None, now: int | None =
             raise VerificationError("a real quote needs its collateral (TCB info, QE identity, "
                                     "CRLs) to be verified: pass --collateral FILE (the JSON "
                                     "layout of dcap-qvl's QuoteCollateralV3)")
-    try:
-        collateral_obj = dcap_qvl.QuoteCollateralV3.from_json(collateral)
-    except ValueError as exc:
-        raise PylosError(f"collateral is not QuoteCollateralV3 JSON: {exc}") from None
+    if collateral_source is None:
+        with about("collateral"):
+            collateral_obj = parse_collateral(collateral)
+    else:
+        collateral_obj = parse_collateral(collateral, collateral_source)
+    if isinstance(collateral, bytes):
+        collateral = collateral.decode()
     notes: list[str] = []
     debug = bool(quote.body.attributes.flags & FLAG_DEBUG)
     try:
@@ -227,10 +308,11 @@ def verify_quote(raw: bytes, *, collateral: str | None = None, now: int | None =
         if debug and "Debug mode is enabled" in message and policy and policy.allow_debug:
             # dcap-qvl refuses DEBUG enclaves only after every other check has passed; the
             # TCB level is then matched here, the way dcap-qvl matches it.
-            status, advisories = tcb_level(quote, chain, collateral)
+            status, advisories = tcb_level(chain, collateral)
             notes.append("DEBUG enclave accepted (--allow-debug): its memory is not protected")
         else:
-            raise VerificationError(explain(message, now)) from None
+            with_file = f" (collateral: {collateral_source})" if collateral_source else ""
+            raise VerificationError(explain(message, now) + with_file) from None
     result = VerifiedQuote(quote, simulated, status, advisories, notes)
     apply_policy(result, policy or Policy())
     return result
@@ -249,19 +331,26 @@ def explain(message: str, now: int) -> str:
     return f"quote verification failed: {text}"
 
 
-def tcb_level(quote: Quote, chain: Chain, collateral: str) -> tuple[str, list[str]]:
-    """The platform TCB level of `quote` under `collateral` (docs/formats.md: TCB levels)."""
+def tcb_level(chain: Chain, collateral: str) -> tuple[str, list[str]]:
+    """The platform TCB level of the quote with PCK `chain` under `collateral`
+    (docs/formats.md: TCB levels). dcap-qvl has checked the collateral's signatures, so a
+    layout error here is a disagreement with dcap-qvl about it, reported as a rejection."""
     import json
 
     import dcap_qvl
 
-    ext = dcap_qvl.parse_pck_extension_from_pem(chain.pem())
-    info = json.loads(collateral)
-    for level in json.loads(info["tcb_info"])["tcbLevels"]:
-        components = [c["svn"] for c in level["tcb"]["sgxtcbcomponents"]]
-        if ext.pce_svn >= level["tcb"]["pcesvn"] and all(
-                a >= b for a, b in zip(ext.cpu_svn, components, strict=False)):
-            return level["tcbStatus"], list(level.get("advisoryIDs", []))
+    try:
+        ext = dcap_qvl.parse_pck_extension_from_pem(chain.pem())
+        info = json.loads(collateral)
+        for level in json.loads(info["tcb_info"])["tcbLevels"]:
+            components = [c["svn"] for c in level["tcb"]["sgxtcbcomponents"]]
+            if ext.pce_svn >= level["tcb"]["pcesvn"] and all(
+                    a >= b for a, b in zip(ext.cpu_svn, components, strict=False)):
+                return level["tcbStatus"], list(level.get("advisoryIDs", []))
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise VerificationError(f"cannot match the TCB level: the collateral's TCB info or the "
+                                f"PCK certificate's SGX extension is not as expected ({exc!r})"
+                                ) from None
     return "Unknown", []
 
 

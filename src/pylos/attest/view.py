@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pylos.attest.quote import CERT_TYPE_NAMES, CERT_TYPE_PCK_CHAIN, Quote
+from pylos.errors import InputError, about
 from pylos.sgx.structs import (
     FLAG_AEX_NOTIFY,
     FLAG_DEBUG,
@@ -73,14 +74,28 @@ def quote_fields(quote: Quote) -> dict[str, Any]:
     return fields
 
 
+def view_quote(raw: bytes, source: str | None = None) -> dict[str, Any]:
+    """What `pylos quote view` shows: every field of the quote in `raw`; QuoteError naming
+    `source` if it is not a quote (a malformed PCK chain is shown as an error field)."""
+    from pylos.attest.verify import parse
+
+    with about(source):
+        fields = quote_fields(parse(raw))
+    chain = fields.get("pck_chain", {}).get("certificates", [])
+    if any("pylos SIMULATED" in c["subject"] for c in chain):
+        fields["note"] = "SIMULATED quote: made by the pylos simulated platform, not SGX hardware"
+    return fields
+
+
 def _chain_fields(quote: Quote) -> dict[str, Any]:
     import dcap_qvl
-    from cryptography import x509
+
+    from pylos.attest.verify import load_chain
 
     try:
-        certs = x509.load_pem_x509_certificates(quote.cert_data.rstrip(b"\0"))
-    except ValueError as exc:
-        return {"error": f"does not parse: {exc}"}
+        certs = load_chain(quote.cert_data.rstrip(b"\0"), "PCK certificate chain")
+    except InputError as exc:
+        return {"error": str(exc)}
     chain: dict[str, Any] = {"certificates": [
         {"subject": c.subject.rfc4514_string(), "issuer": c.issuer.rfc4514_string(),
          "not_before": c.not_valid_before_utc.isoformat(),

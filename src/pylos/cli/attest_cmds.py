@@ -12,8 +12,9 @@ from typing import Any
 
 import click
 
-from pylos.errors import PylosError
+from pylos.errors import PylosError, about
 
+MAX_TIME = 253402300799  # 9999-12-31 23:59:59 UTC: what dcap-qvl and the messages take
 TCB_CHOICES = ("SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
                "OutOfDate", "OutOfDateConfigurationNeeded")
 
@@ -42,7 +43,8 @@ def policy_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--collateral", type=click.Path(dir_okay=False, path_type=Path),
                      help="QuoteCollateralV3 JSON (dcap-qvl layout) for a real quote."),
-        click.option("--now", type=int, metavar="UNIX", help="Verify as of this time."),
+        click.option("--now", type=click.IntRange(0, MAX_TIME), metavar="UNIX",
+                     help="Verify as of this time."),
         click.option("--allow-simulated", is_flag=True,
                      help="Accept pylos SIMULATED evidence (testing only)."),
         click.option("--mrenclave", metavar="HEX", help="Required MRENCLAVE."),
@@ -73,9 +75,13 @@ def _policy_given(kw: dict[str, Any]) -> bool:
         "mrenclave", "mrsigner", "isvprodid", "min_isvsvn", "allow_debug", "accept_tcb"))
 
 
-def _collateral(kw: dict[str, Any]) -> str | None:
+def _collateral(kw: dict[str, Any]) -> bytes | None:
     path = kw["collateral"]
-    return None if path is None else _read(path, "collateral").decode(errors="replace")
+    return None if path is None else _read(path, "collateral")
+
+
+def _collateral_source(kw: dict[str, Any]) -> str | None:
+    return None if kw["collateral"] is None else str(kw["collateral"])
 
 
 def _print_verdict(verified: Any) -> None:
@@ -104,14 +110,13 @@ def quote_group() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the fields as JSON.")
 def quote_view_cmd(file: Path, as_json: bool) -> None:
-    """Print every field of the quote in FILE (like gramine-sgx-quote-view)."""
-    from pylos.attest.verify import parse
-    from pylos.attest.view import format_fields, quote_fields
+    """Print every field of the quote in FILE (like gramine-sgx-quote-view).
 
-    fields = quote_fields(parse(_read(file, "quote")))
-    chain = fields.get("pck_chain", {}).get("certificates", [])
-    if any("pylos SIMULATED" in c["subject"] for c in chain):
-        fields["note"] = "SIMULATED quote: made by the pylos simulated platform, not SGX hardware"
+    Exit status: 0 shown (a malformed PCK chain is shown as an error field), 1 not a DCAP v3
+    quote, 2 usage error (unreadable file)."""
+    from pylos.attest.view import format_fields, view_quote
+
+    fields = view_quote(_read(file, "quote"), str(file))
     if as_json:
         click.echo(json.dumps(fields, indent=2))
     else:
@@ -126,22 +131,26 @@ def quote_view_cmd(file: Path, as_json: bool) -> None:
 def quote_verify_cmd(file: Path, offline: bool, **kw: Any) -> None:
     """Verify the quote in FILE: signatures, PCK chain, collateral, TCB status, policy.
 
-    Exit status 0 when it verifies, 1 when it is rejected, 2 on bad input."""
+    Exit status: 0 verified, 1 rejected (malformed, or not to be trusted; one ERROR: line says
+    why), 2 usage error (bad option value, unreadable file)."""
     from pylos.attest.verify import VerificationError, check_signatures, parse, verify_quote
 
     raw = _read(file, "quote")
     if offline:
-        chain = check_signatures(parse(raw))
-        click.echo(f"Signatures and PCK chain verify (root: "
-                   f"{chain.root.subject.rfc4514_string()}"
-                   + (", SIMULATED" if chain.kind == "simulated" else "")
-                   + "); TCB not evaluated without collateral")
-        if chain.kind == "unknown":
-            raise VerificationError("the chain's root is neither the Intel SGX Root CA key nor a "
-                                    "pylos simulation root")
+        with about(str(file)):
+            chain = check_signatures(parse(raw))
+            click.echo(f"Signatures and PCK chain verify (root: "
+                       f"{chain.root.subject.rfc4514_string()}"
+                       + (", SIMULATED" if chain.kind == "simulated" else "")
+                       + "); TCB not evaluated without collateral")
+            if chain.kind == "unknown":
+                raise VerificationError("the chain's root is neither the Intel SGX Root CA key "
+                                        "nor a pylos simulation root")
         return
-    verified = verify_quote(raw, collateral=_collateral(kw), now=kw["now"],
-                            allow_simulated=kw["allow_simulated"], policy=_policy(kw))
+    policy, collateral = _policy(kw), _collateral(kw)
+    verified = verify_quote(raw, collateral=collateral, now=kw["now"],
+                            allow_simulated=kw["allow_simulated"], policy=policy,
+                            source=str(file), collateral_source=_collateral_source(kw))
     _print_verdict(verified)
 
 
@@ -158,11 +167,21 @@ def ratls_verify_cmd(cert: Path, **kw: Any) -> None:
 
     Without policy options the RA_TLS_* environment variables apply, as in Gramine (all four of
     RA_TLS_MRENCLAVE, RA_TLS_MRSIGNER, RA_TLS_ISV_PROD_ID, RA_TLS_ISV_SVN required; `any`
-    skips one)."""
-    from pylos.attest.ratls import extract_evidence, load_certificate, verify_certificate
+    skips one).
 
-    certificate = load_certificate(_read(cert, "certificate"))
-    evidence = extract_evidence(certificate)
+    Exit status: 0 verified, 1 rejected (malformed, or not to be trusted; one ERROR: line says
+    why), 2 usage error (bad option or RA_TLS_* value, unreadable file)."""
+    from pylos.attest.ratls import (
+        extract_evidence,
+        load_certificate,
+        policy_from_env,
+        verify_certificate,
+    )
+
+    policy = _policy(kw) if _policy_given(kw) else policy_from_env()  # usage errors first
+    collateral = _collateral(kw)
+    certificate = load_certificate(_read(cert, "certificate"), str(cert))
+    evidence = extract_evidence(certificate, str(cert))
     body = evidence.quote.body
     click.echo(f"Evidence     : {evidence.extension} extension (OID {evidence.oid})")
     click.echo(f"MRENCLAVE    : {body.mr_enclave.hex()}")
@@ -170,9 +189,9 @@ def ratls_verify_cmd(cert: Path, **kw: Any) -> None:
     for warning in evidence.warnings:
         click.echo(f"warning: {warning}", err=True)
     result = verify_certificate(
-        certificate, policy=_policy(kw) if _policy_given(kw) else None,
-        allow_simulated=True if kw["allow_simulated"] else None, collateral=_collateral(kw),
-        now=kw["now"])
+        certificate, policy=policy, allow_simulated=True if kw["allow_simulated"] else None,
+        collateral=collateral, now=kw["now"], source=str(cert),
+        collateral_source=_collateral_source(kw))
     _print_verdict(result.verified)
 
 
@@ -231,7 +250,8 @@ def secret_prov_serve_cmd(port: int, host: str, secret_file: Path | None,
 
     server = secret_prov.SecretServer(
         secret, cert, key, dict(policy=policy, allow_simulated=kw["allow_simulated"],
-                                collateral=_collateral(kw), now=kw["now"]),
+                                collateral=_collateral(kw), now=kw["now"],
+                                collateral_source=_collateral_source(kw)),
         log, host=host, port=port)
     click.echo(f"Listening on {host}:{server.port}"
                + (" (accepting SIMULATED evidence)" if kw["allow_simulated"] else ""), err=True)
