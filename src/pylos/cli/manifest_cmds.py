@@ -26,7 +26,10 @@ from pylos.manifest import Manifest, parse_defines
 @click.argument("outfile", required=False, default="-", metavar="[OUTPUT]")
 def manifest_cmd(defines: tuple[str, ...], check: bool, chroot: Path | None,
                  template_string: str | None, infile: str | None, outfile: str) -> None:
-    """Render a manifest template, fill defaults, validate and hash trusted files."""
+    """Render a manifest template, fill defaults, validate and hash trusted files.
+
+    Exit status: 0 written, 1 the template or the manifest it renders is rejected (one ERROR:
+    line, with the problems indented below), 2 usage error (a -D missing, unreadable file)."""
     if template_string is not None and infile is not None:
         # With -c the single positional argument is the output file.
         if outfile != "-":
@@ -62,7 +65,10 @@ def manifest_cmd(defines: tuple[str, ...], check: bool, chroot: Path | None,
 @click.command("manifest-check")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def manifest_check_cmd(file: Path) -> None:
-    """Validate a rendered manifest; silent with exit status 0 when it is valid."""
+    """Validate a rendered manifest; silent with exit status 0 when it is valid.
+
+    Exit status: 0 valid, 1 invalid (one ERROR: line naming the file, every schema problem
+    indented below), 2 usage error (unreadable file)."""
     Manifest.load(file).check()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from pylos.cli.progress import hashing_progress
-from pylos.errors import PylosError
+from pylos.errors import PylosError, about
 from pylos.hashing import HashCache, write_atomic
 from pylos.manifest import Manifest
 from pylos.sgx import keys
@@ -56,7 +56,10 @@ def _default_sigfile(manifest: Path) -> Path:
 def sign_cmd(manifest_path: Path, output: Path | None, key_path: Path | None,
              sigfile: Path | None, date_text: str | None, chroot: Path | None,
              depfile: Path | None, libpal: str | None, verbose: bool, quiet: bool) -> None:
-    """Sign APP.manifest: write APP.manifest.sgx and the SIGSTRUCT APP.sig."""
+    """Sign APP.manifest: write APP.manifest.sgx and the SIGSTRUCT APP.sig.
+
+    Exit status: 0 signed, 1 the manifest is rejected, 2 usage error (the key, an option, an
+    unreadable file)."""
     if libpal is not None and not quiet:
         click.echo("pylos sign: --libpal ignored (pylos has no PAL binary; the LibOS hash is "
                    "loader.entrypoint.sha256)", err=True)
@@ -125,15 +128,16 @@ def sigstruct_fields(sigstruct: Sigstruct) -> dict:
               help="Accepted for Gramine compatibility; every field is always shown.")
 def sigstruct_view_cmd(file: Path, as_json: bool, output_format: str | None,
                        verbose: bool) -> None:
-    """Show the fields of a SIGSTRUCT (.sig), pylos's or a real one."""
+    """Show the fields of a SIGSTRUCT (.sig), pylos's or a real one.
+
+    Exit status: 0 shown (see signature_valid), 1 not a SIGSTRUCT (one ERROR: line says why),
+    2 usage error (unreadable file)."""
     try:
         data = file.read_bytes()
     except OSError as exc:
         raise PylosError(f"cannot read '{file}': {exc.strerror}") from None
-    try:
+    with about(str(file)):
         fields = sigstruct_fields(Sigstruct.unpack(data))
-    except ValueError as exc:
-        raise PylosError(f"'{file}': {exc}") from None
     if as_json or output_format == "json":
         click.echo(json.dumps(fields, indent=2))
         return

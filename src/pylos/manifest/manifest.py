@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pylos import install
-from pylos.errors import PylosError
+from pylos.errors import InputError, PylosError, about
 from pylos.hashing import HashCache, ProgressCallback
 from pylos.manifest.sizes import parse_size
 from pylos.manifest.trusted import expand_trusted_files
@@ -63,10 +63,23 @@ def _normalise_trusted(entry: Any, index: int) -> dict:
         return {"uri": entry}
     if isinstance(entry, dict):
         return entry
-    raise PylosError(
+    raise InputError(
         f"sgx.trusted_files[{index}]: expected a URI string or a {{ uri, sha256 }} table, "
         f"got {entry!r}"
     )
+
+
+def _parse_toml(text: str, what: str) -> dict:
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{what}: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{what}: arrays or tables nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise InputError(f"{what}: {exc}") from None
 
 
 class Manifest:
@@ -80,20 +93,24 @@ class Manifest:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def loads(cls, text: str, source: str = "manifest") -> Manifest:
-        import tomllib
-
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise PylosError(f"{source}: failed to parse manifest: {exc}") from None
-        return cls(data, source)
+        """Parse TOML text; InputError (exit status 1) naming `source` if it is not TOML."""
+        data = _parse_toml(text, f"{source}: failed to parse manifest")
+        with about(source):
+            return cls(data, source)
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
+        """Read and parse a manifest file: PylosError (2) if it cannot be read, InputError
+        (1) if it is not UTF-8 TOML."""
         try:
-            text = Path(path).read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PylosError(f"cannot read manifest '{path}': {exc}") from None
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise PylosError(f"cannot read manifest '{path}': {exc.strerror or exc}") from None
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: not a UTF-8 text manifest (byte {exc.start} is "
+                             f"{raw[exc.start]:#04x})") from None
         return cls.loads(text, str(path))
 
     @classmethod
@@ -102,13 +119,9 @@ class Manifest:
         from pylos.manifest import template
 
         rendered = template.render(text, variables, source, search_dir)
-        import tomllib
-
-        try:
-            data = tomllib.loads(rendered)
-        except tomllib.TOMLDecodeError as exc:
-            raise PylosError(f"{source}: failed to parse manifest template: {exc}") from None
-        return cls(data, source)
+        data = _parse_toml(rendered, f"{source}: failed to parse manifest template")
+        with about(source):
+            return cls(data, source)
 
     # ---- processing ---------------------------------------------------------------------
     def check(self) -> None:
@@ -124,7 +137,7 @@ class Manifest:
     ) -> None:
         entries = self.sgx.get("trusted_files", [])
         if not isinstance(entries, list):
-            raise PylosError(f"{self.source}: sgx.trusted_files must be an array")
+            raise InputError(f"{self.source}: sgx.trusted_files must be an array")
         self.sgx["trusted_files"] = expand_trusted_files(entries, chroot, cache, progress)
 
     def dumps(self) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pylos.errors import PylosError
+from pylos.errors import InputError
 
 Checker = Callable[[Any, str, list[str]], None]
 
@@ -293,9 +293,9 @@ def validation_errors(manifest: dict) -> list[str]:
 
 
 def check_manifest(manifest: dict, source: str = "manifest") -> None:
-    """Raise PylosError listing every schema violation, Gramine-style."""
+    """Raise InputError (exit status 1) listing every schema violation, Gramine-style."""
     errors = validation_errors(manifest)
     if errors:
-        raise PylosError(
+        raise InputError(
             f"{source}: manifest failed validation:\n  " + "\n  ".join(errors)
         )

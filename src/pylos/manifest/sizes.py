@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pylos.errors import PylosError
+from pylos.errors import InputError
 
 _SCALE = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -15,8 +15,9 @@ def parse_size(value: str | int, key: str) -> int:
         number, scale = value, 1
         if value[-1:] in _SCALE:
             number, scale = value[:-1], _SCALE[value[-1]]
-        if number.isdigit():
+        # ASCII digits only ("²".isdigit() is true), and few enough for int() and for memory.
+        if number.isascii() and number.isdigit() and len(number) <= 20:
             return int(number) * scale
-    raise PylosError(
+    raise InputError(
         f"{key}: invalid size {value!r} (expected a number with an optional K, M or G suffix)"
     )

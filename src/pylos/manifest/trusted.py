@@ -15,14 +15,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pylos.errors import PylosError
+from pylos.errors import InputError, PylosError
 from pylos.hashing import HashCache, ProgressCallback, hash_files
 
 
 def uri_to_path(uri: str, key: str) -> str:
     """The host path of a `file:` URI; `key` names the manifest entry in errors."""
     if not uri.startswith("file:"):
-        raise PylosError(f"{key}: Unsupported URI type: {uri!r} (expected a 'file:' URI)")
+        raise InputError(f"{key}: Unsupported URI type: {uri!r} (expected a 'file:' URI)")
     return uri[len("file:") :]
 
 
@@ -30,7 +30,7 @@ def _host_path(path: str, chroot: Path | None, key: str) -> str:
     if chroot is None:
         return path
     if not path.startswith("/"):
-        raise PylosError(f"{key}: with --chroot, trusted file paths must be absolute: {path!r}")
+        raise InputError(f"{key}: with --chroot, trusted file paths must be absolute: {path!r}")
     return str(chroot) + path
 
 
@@ -71,20 +71,20 @@ def expand_trusted_files(
         host = _host_path(path, chroot, key)
         if uri.endswith("/"):
             if "sha256" in entry:
-                raise PylosError(f"{key}: a directory entry cannot carry sha256: {uri!r}")
+                raise InputError(f"{key}: a directory entry cannot carry sha256: {uri!r}")
             if not os.path.isdir(host):
                 if os.path.exists(host.rstrip("/")):
-                    raise PylosError(f"{key}: URI ends with '/' but is not a directory: {uri!r}")
-                raise PylosError(f"Missing trusted file: '{host}'")
+                    raise InputError(f"{key}: URI ends with '/' but is not a directory: {uri!r}")
+                raise InputError(f"Missing trusted file: '{host}'")
             found: list[tuple[str, str]] = []
             _walk_directory(host, "", found)
             for name, file_host in found:
                 _add(expanded, to_hash, {"uri": uri + name}, file_host, key)
         else:
             if os.path.isdir(host):
-                raise PylosError(f"{key}: directory URI must end with '/': {uri!r}")
+                raise InputError(f"{key}: directory URI must end with '/': {uri!r}")
             if not os.path.isfile(host):
-                raise PylosError(f"Missing trusted file: '{host}'")
+                raise InputError(f"Missing trusted file: '{host}'")
             _add(expanded, to_hash, dict(entry), host, key)
 
     if to_hash:
@@ -110,7 +110,7 @@ def _add(expanded: dict[str, dict], to_hash: dict[str, str], entry: dict, host: 
             to_hash[uri] = host
         return
     if "sha256" in entry and "sha256" in previous and entry["sha256"] != previous["sha256"]:
-        raise PylosError(f"{key}: two different sha256 values for trusted file {uri!r}")
+        raise InputError(f"{key}: two different sha256 values for trusted file {uri!r}")
     if "sha256" in entry and "sha256" not in previous:
         previous["sha256"] = entry["sha256"]
         to_hash.pop(uri, None)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from pylos.errors import PylosError
+from pylos.errors import InputError
 from pylos.sgx.measure import Measurement
 from pylos.sgx.structs import (
     PAGE_SIZE,
@@ -85,22 +85,22 @@ def _plan(manifest_bytes: bytes, libos_hash: bytes, enclave_size: int, max_threa
           edmm: bool) -> list[tuple[Area, bytes | None]]:
     """The areas top-down with their content (None: zero pages), after validating the inputs."""
     if enclave_size <= 0 or enclave_size & (enclave_size - 1):
-        raise PylosError(f"sgx.enclave_size: Enclave size must be a power of two "
+        raise InputError(f"sgx.enclave_size: Enclave size must be a power of two "
                          f"(got {enclave_size:#x})")
     if max_threads < 1:
-        raise PylosError(f"sgx.max_threads must be at least 1 (got {max_threads})")
+        raise InputError(f"sgx.max_threads must be at least 1 (got {max_threads})")
     if len(libos_hash) != 32:
-        raise PylosError(f"loader.entrypoint.sha256 must be a 32-byte SHA-256 "
+        raise InputError(f"loader.entrypoint.sha256 must be a 32-byte SHA-256 "
                          f"(got {len(libos_hash)} bytes)")
     if b"\0" in manifest_bytes:
         # The area is NUL-terminated and zero-padded: "m" and "m\0" would measure the same.
-        raise PylosError(f"the manifest contains a NUL byte (at offset "
+        raise InputError(f"the manifest contains a NUL byte (at offset "
                          f"{manifest_bytes.index(0)}); a manifest is TOML text")
     manifest = manifest_bytes + b"\0"
     needed = (_pages(len(manifest)) + 1 + max_threads * THREAD_PAGES) * PAGE_SIZE
     if needed > enclave_size:
         minimum = 1 << (needed - 1).bit_length()
-        raise PylosError(
+        raise InputError(
             f"sgx.enclave_size = {enclave_size:#x} is too small: the manifest, the libos page and "
             f"{max_threads} thread(s) need {needed:#x} bytes; use at least "
             f'sgx.enclave_size = "{_size_text(minimum)}"'
@@ -139,7 +139,7 @@ def describe_layout(manifest_bytes: bytes, libos_hash: bytes, enclave_size: int,
 
 def measure_enclave(manifest_bytes: bytes, libos_hash: bytes, enclave_size: int,
                     max_threads: int, edmm: bool) -> bytes:
-    """MRENCLAVE of the pylos enclave for a signed manifest (PylosError for invalid inputs)."""
+    """MRENCLAVE of the pylos enclave for a signed manifest (InputError for invalid inputs)."""
     plan = _plan(manifest_bytes, libos_hash, enclave_size, max_threads, edmm)
     measurement = Measurement()
     measurement.ecreate(SSA_FRAME_PAGES, enclave_size)

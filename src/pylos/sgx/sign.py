@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pylos import install
-from pylos.errors import PylosError
+from pylos.errors import InputError, PylosError
 from pylos.hashing import HashCache, ProgressCallback
 from pylos.manifest import Manifest
 from pylos.sgx.layout import measure_enclave
@@ -81,7 +81,7 @@ def enclave_attributes(manifest: Manifest) -> tuple[Attributes, Attributes, int]
 def libos_hash_of(manifest: Manifest) -> bytes:
     entrypoint = manifest.data["loader"]["entrypoint"]
     if entrypoint.get("uri") != install.LIBOS_URI:
-        raise PylosError(
+        raise InputError(
             f"loader.entrypoint.uri = {entrypoint.get('uri')!r} names another LibOS; pylos "
             f"signs enclaves of its own LibOS ({install.LIBOS_URI!r}): remove loader.entrypoint"
         )
@@ -90,7 +90,7 @@ def libos_hash_of(manifest: Manifest) -> bytes:
     except (KeyError, ValueError):
         digest = b""
     if len(digest) != 32:
-        raise PylosError("loader.entrypoint.sha256 must be 64 hex digits")
+        raise InputError("loader.entrypoint.sha256 must be 64 hex digits")
     return digest
 
 
@@ -126,7 +126,7 @@ def sign_manifest(
     manifest.check()
     for field in ("isvprodid", "isvsvn"):
         if not 0 <= manifest.sgx[field] <= 0xFFFF:
-            raise PylosError(f"sgx.{field} must be between 0 and 65535 "
+            raise InputError(f"sgx.{field} must be between 0 and 65535 "
                              f"(got {manifest.sgx[field]})")
     manifest.expand_all_trusted_files(chroot, cache, progress)
     manifest_sgx = manifest.dumps().encode()

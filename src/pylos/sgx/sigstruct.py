@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pylos.errors import InputError
 from pylos.sgx.structs import Attributes, check_lengths
 
 if TYPE_CHECKING:
@@ -76,14 +77,15 @@ def date_to_bcd(date: datetime.date | None) -> int:
 
 
 def bcd_to_date(value: int) -> datetime.date | None:
-    """Inverse of `date_to_bcd`; ValueError for a value that is not a BCD calendar date."""
+    """Inverse of `date_to_bcd`; InputError (a ValueError) for a value that is not a BCD
+    calendar date."""
     if value == 0:
         return None
     text = f"{value:08x}"
     try:
         return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
     except ValueError:
-        raise ValueError(f"SIGSTRUCT: DATE 0x{value:08x} is not a BCD date YYYYMMDD") from None
+        raise InputError(f"SIGSTRUCT: DATE 0x{value:08x} is not a BCD date YYYYMMDD") from None
 
 
 @dataclass
@@ -127,15 +129,16 @@ class Sigstruct:
 
     @classmethod
     def unpack(cls, data: bytes) -> Sigstruct:
-        """Parse a SIGSTRUCT; ValueError says what makes `data` not one."""
+        """Parse a SIGSTRUCT; InputError (a ValueError, exit status 1) says what makes `data`
+        not one."""
         if len(data) != SIZE:
-            raise ValueError(f"a SIGSTRUCT is {SIZE} bytes, got {len(data)}")
+            raise InputError(f"a SIGSTRUCT is {SIZE} bytes, got {len(data)}")
         (header, vendor, date, header2, swdefined, modulus, exponent, signature, misc_select,
          misc_mask, cet, cet_mask, family, attributes, attribute_mask, enclave_hash,
          ext_prod, prod, svn, q1, q2) = _LAYOUT.unpack(data)
         for name, found, expected in (("HEADER", header, HEADER), ("HEADER2", header2, HEADER2)):
             if found != expected:
-                raise ValueError(f"not a SIGSTRUCT: {name} is {found.hex()}, "
+                raise InputError(f"not a SIGSTRUCT: {name} is {found.hex()}, "
                                  f"expected {expected.hex()}")
         sigstruct = cls(
             header=header, vendor=vendor, date=bcd_to_date(date), header2=header2,
@@ -150,7 +153,7 @@ class Sigstruct:
         repacked = sigstruct.pack()
         if repacked != data:
             first = next(i for i, (a, b) in enumerate(zip(repacked, data, strict=True)) if a != b)
-            raise ValueError(f"SIGSTRUCT: reserved byte at offset {first} is not zero")
+            raise InputError(f"SIGSTRUCT: reserved byte at offset {first} is not zero")
         return sigstruct
 
     def signed_bytes(self) -> bytes:
