@@ -50,7 +50,7 @@ def test_decrypt_ground_truth_with_verify(tmp_path: Path) -> None:
     # the same file under another name: refused with -V, accepted without (as Gramine)
     result = run_pylos("pf", "decrypt", "-w", KEY, "-i", str(GT / "enc_v2_small.pf"), "-o",
                        "x", "-V", cwd=tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "enc_v2_small.pf" in result.stderr and "bound to path 'encrypted/small.bin'" in (
         result.stderr)
     assert not (tmp_path / "x").exists()
@@ -110,7 +110,7 @@ def test_bad_inputs_leave_no_output(tmp_path: Path) -> None:
         (enc / "bad").write_bytes(data)
         result = run_pylos("pf", "decrypt", "-w", KEY, "-i", "enc", "-o", "out/tree",
                            cwd=tmp_path)
-        assert result.returncode == 2, case
+        assert result.returncode == 1, case  # rejected input
         assert "enc/bad" in result.stderr and message in result.stderr, (case, result.stderr)
         assert "Traceback" not in result.stderr
         assert not (tmp_path / "out").exists(), case  # nothing, not even the good files
@@ -118,7 +118,7 @@ def test_bad_inputs_leave_no_output(tmp_path: Path) -> None:
     # swapped files: each is bound to its own path
     (enc / "good1").write_bytes((enc / "good2").read_bytes())
     result = run_pylos("pf", "decrypt", "-w", KEY, "-i", "enc", "-o", "out", "-V", cwd=tmp_path)
-    assert result.returncode == 2 and "bound to path 'enc/good2'" in result.stderr
+    assert result.returncode == 1 and "bound to path 'enc/good2'" in result.stderr
     assert _files(tmp_path / "enc") == ["bad", "good1", "good2"]
     assert not (tmp_path / "out").exists()
     # wrong key
@@ -126,7 +126,7 @@ def test_bad_inputs_leave_no_output(tmp_path: Path) -> None:
     other.write_bytes(bytes(16))
     result = run_pylos("pf", "decrypt", "-w", str(other), "-i", "enc/bad", "-o", "x",
                        cwd=tmp_path)
-    assert result.returncode == 2 and "wrong key" in result.stderr
+    assert result.returncode == 1 and "wrong key" in result.stderr
     # bad key files, missing input
     (tmp_path / "short.key").write_bytes(b"abc")
     for args, message in [

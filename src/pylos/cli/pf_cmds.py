@@ -99,7 +99,11 @@ def encrypt_cmd(wrap_key: Path, source: str, target: str, verbose: bool) -> None
               help="Check that each file is bound to its (normalized) input path.")
 @_verbose
 def decrypt_cmd(wrap_key: Path, source: str, target: str, verify: bool, verbose: bool) -> None:
-    """Decrypt encrypted files (every node's MAC is checked; nothing is written on error)."""
+    """Decrypt encrypted files (every node's MAC is checked; nothing is written on error).
+
+    Exit status: 0 decrypted, 1 an input is rejected (not a protected file, a MAC mismatch —
+    the wrong key or a modified file —, a wrong size or bound path; one ERROR: line names the
+    file), 2 usage error (the wrap key file, unreadable input, unwritable output)."""
     key = convert.load_key(wrap_key)
     jobs = convert.plan(source, target)
     with _progress(sum(j.size for j in jobs), "decrypting") as progress:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pylos.errors import PylosError
 from pylos.hashing import write_atomic
-from pylos.pf.format import KEY_SIZE, PfError, normalize_path
+from pylos.pf.format import KEY_SIZE, PfError, encode_path, normalize_path
 from pylos.pf.stream import decrypt_stream, encrypt_stream
 
 Progress = Callable[[int], None]
@@ -173,6 +173,10 @@ def encrypt_files(jobs: list[Job], key: bytes, progress: Progress | None = None
 
     def convert(job: Job, fd: int) -> None:
         path = normalize_path(job.target)
+        try:
+            encode_path(path)
+        except PfError as exc:  # the -o path given: a usage error, not a rejected file
+            raise PylosError(f"output '{job.target}': {exc}") from None
         try:
             src = open(job.source, "rb", buffering=0)  # noqa: SIM115 - closed below
         except OSError as exc:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.cmac import CMAC
 
-from pylos.errors import PylosError
+from pylos.errors import InputError, PylosError
 
 NODE_SIZE = 4096
 KEY_SIZE = 16
@@ -54,9 +54,9 @@ BLOB_V2 = HDR_FLAGS + 1
 _U64 = struct.Struct("<Q")
 
 
-class PfError(PylosError):
-    """A protected file failed a check; `.check` names which one (e.g. "metadata MAC", "path",
-    "node 5 MAC", "size", "file id", "version", "recovery")."""
+class PfError(InputError):
+    """A protected file failed a check (exit status 1); `.check` names which one (e.g.
+    "metadata MAC", "path", "node 5 MAC", "size", "file id", "version", "recovery")."""
 
     def __init__(self, message: str, check: str) -> None:
         super().__init__(message)
