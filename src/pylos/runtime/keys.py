@@ -1,6 +1,6 @@
 """The enclave's key store: the 16-byte keys encrypted mounts are opened with.
 
-Sources (Gramine's, `sgx-formats.md` §12): `fs.insecure__keys.<name> = "<32 hex>"` in the
+Sources (Gramine's, docs/formats.md): `fs.insecure__keys.<name> = "<32 hex>"` in the
 manifest; a 16-byte write to `/dev/attestation/keys/<name>`; a secret-provisioning client
 calling `KeyStore.set` before the program starts; and, in SGX mode, the sealing keys
 `_sgx_mrenclave` / `_sgx_mrsigner` (simulated EGETKEY over this enclave's identity, keyed by

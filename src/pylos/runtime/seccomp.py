@@ -3,7 +3,7 @@
 The filter decides on registers only (syscall number, and a flags argument for clone): allow,
 fail with an errno, or notify the supervisor. Everything fd-based goes straight to the kernel;
 only what the manifest's policy needs is trapped. Layouts and constants: Linux
-`include/uapi/linux/seccomp.h`, `../shared/specs/seccomp-notify.md`.
+`include/uapi/linux/seccomp.h`; the structures in docs/formats.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reading a trapped program's state from outside: its memory, cwd, fds and namespace pid.
 
 Every read of program memory is followed by NOTIF_ID_VALID before the result is used: TIDs are
-reused and a signalled caller may already be elsewhere (seccomp-notify.md §2.2).
+reused and a signalled caller may already be elsewhere (docs/formats.md, seccomp).
 """
 
 from __future__ import annotations

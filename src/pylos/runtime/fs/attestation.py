@@ -1,4 +1,4 @@
-"""`/dev/attestation`: Gramine's attestation pseudo-files (`sgx-formats.md` §11).
+"""`/dev/attestation`: Gramine's attestation pseudo-files (docs/formats.md).
 
 Served through FUSE with direct I/O, so every read and write reaches the supervisor from the
 calling thread, whose ID the kernel puts in each request: the state (`user_report_data`,
