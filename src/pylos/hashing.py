@@ -137,7 +137,7 @@ def _hash_one(path: str) -> tuple[FileKey, str]:
     return before, digest
 
 
-ProgressCallback = Callable[[int, int], None]
+ProgressCallback = Callable[[int, int, int], None]  # (files done, of total, bytes of this one)
 
 
 def hash_files(
@@ -148,7 +148,7 @@ def hash_files(
     """SHA-256 (hex) of every path; each inode read once, cached hashes reused.
 
     Raises OSError (with the path in the message) for a file that cannot be read.
-    `on_progress(done, total)` is called from this thread as hashing proceeds.
+    `on_progress(done, total, nbytes)` is called from this thread as each file is hashed.
     """
     by_inode: dict[tuple[int, int], list[str]] = {}
     result: dict[str, str] = {}
@@ -177,7 +177,7 @@ def hash_files(
                 result[futures[future]] = digest
                 cache.put(key, digest)
                 if on_progress is not None:
-                    on_progress(done, total)
+                    on_progress(done, total, key.size)
 
     for group in by_inode.values():
         for alias in group[1:]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -101,3 +102,12 @@ def test_manifest_check(workdir: Path, pylos):
     assert bad.stderr.startswith("ERROR: bad.manifest: ")
     gone = pylos("manifest-check", "gone.manifest", cwd=workdir)
     assert gone.returncode == 2
+
+
+def test_hashing_prints_one_summary_line_when_not_a_terminal(workdir: Path, pylos):
+    # The tests' stderr is a pipe: no progress bar, one line saying what was done.
+    result = pylos("manifest", "-Dlog_level=error", "app.manifest.template", "app.manifest",
+                   cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"\[pylos\] hashing trusted files: 1 files, 12 B in \d+\.\d\d s\n",
+                        result.stderr), result.stderr

@@ -146,7 +146,8 @@ def test_damaged_cache_is_ignored(tree: Path, tmp_path: Path):
 
 
 def test_progress_callback_sees_every_file(tree: Path):
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, int]] = []
     expand_trusted_files([{"uri": f"file:{tree}/"}],
-                         progress=lambda total: lambda d, t: seen.append((d, t)))
-    assert seen[-1] == (4, 4)
+                         progress=lambda total: lambda d, t, n: seen.append((d, t, n)))
+    assert [(d, t) for d, t, _ in seen][-1] == (4, 4)
+    assert sorted(n for _, _, n in seen) == [1, 1, 1, 3]  # each inode once, with its size

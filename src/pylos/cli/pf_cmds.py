@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from pylos.cli.progress import size_text
 from pylos.pf import convert
 
 SHOW_PROGRESS_FROM = 32 << 20  # bytes: smaller inputs finish before a bar is worth drawing
@@ -34,14 +35,6 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
                   transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda nbytes: bar.advance(task, nbytes)  # rich redraws from its own thread
-
-
-def _size_text(nbytes: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024  # type: ignore[assignment]
-    raise AssertionError("unreachable")
 
 
 _wrap_key = click.option("-w", "--wrap-key", "wrap_key", required=True, metavar="PATH",
@@ -88,7 +81,7 @@ def encrypt_cmd(wrap_key: Path, source: str, target: str, verbose: bool) -> None
         for job, path in bound:
             click.echo(f"Encrypted: {job.source} -> {job.target} (bound path '{path}')", err=True)
     example = f"; bound path e.g. '{bound[0][1]}'" if bound else ""
-    click.echo(f"Encrypted {len(bound)} file(s), {_size_text(total)}{example}", err=True)
+    click.echo(f"Encrypted {len(bound)} file(s), {size_text(total)}{example}", err=True)
 
 
 @pf_group.command("decrypt")

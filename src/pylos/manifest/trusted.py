@@ -60,7 +60,7 @@ def expand_trusted_files(
     """Return the expanded `sgx.trusted_files` list: `{uri, sha256}` per file, in order.
 
     `entries` are `{uri}` / `{uri, sha256}` tables (string forms already normalised).
-    `progress(total)` may return a callback that receives (done, total) while hashing.
+    `progress(total)` may return a callback that receives (done, total, nbytes) while hashing.
     """
     expanded: dict[str, dict] = {}
     to_hash: dict[str, str] = {}  # uri -> host path

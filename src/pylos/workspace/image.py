@@ -83,7 +83,7 @@ def _encrypt_file(source: Path, target: Path, key: bytes, bound: str) -> None:
 
 
 def encrypt_image(ws: Path, files: list[str], key: bytes,
-                  progress: Callable[[int, int], None] | None = None) -> int:
+                  progress: Callable[[int, int, int], None] | None = None) -> int:
     """Bring build/image up to date with image/ (in-image paths `files`); returns how many
     files were (re-)encrypted."""
     image, out = ws / "image", ws / IMAGE_DIR
@@ -135,7 +135,7 @@ def encrypt_image(ws: Path, files: list[str], key: bytes,
             done += 1
         fresh[rel] = stamp
         if progress is not None:
-            progress(count, len(files))
+            progress(count, len(files), st.st_size)
     write_atomic(ws / INDEX, marshal.dumps({"key": _key_id(key), "files": fresh}))
     return done
 

@@ -353,7 +353,7 @@ def manifest_data(ws: Path, config: WorkspaceConfig, staged: dict,
 
 def build_workspace(ws: Path, key_path: Path | None = None, reset: bool = False,
                     log: Log = _quiet,
-                    progress: Callable[[int], ProgressCallback | None] | None = None,
+                    progress: Callable[..., ProgressCallback | None] | None = None,
                     image_key: Path | None = None) -> BuildResult:
     from pylos.manifest import Manifest
     from pylos.sgx import keys
@@ -380,7 +380,7 @@ def build_workspace(ws: Path, key_path: Path | None = None, reset: bool = False,
         from pylos.workspace.image import IMAGE_DIR, encrypt_image, read_image_key
 
         plain_key = read_image_key(image_key)
-        callback = progress(len(files)) if progress is not None else None
+        callback = progress(len(files), "encrypting image files") if progress else None
         changed = encrypt_image(ws, files, plain_key, callback)
         log(f"Encrypted image: {changed} of {len(files)} files (re-)encrypted into {IMAGE_DIR}/")
         root = IMAGE_DIR
