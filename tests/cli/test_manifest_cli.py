@@ -56,7 +56,8 @@ def test_no_check_skips_validation(workdir: Path, pylos):
     ("template", "defines", "message", "status"),
     [
         (TEMPLATE.replace('"file:app" ]', '"file:missing" ]'), ["-Dlog_level=error"],
-         "Missing trusted file: 'missing'", 1),
+         "bad.template:4: sgx.trusted_files[0]: Missing trusted file: 'missing' "
+         "('file:missing'); fix: build or copy the file there", 1),
         (TEMPLATE + "loader.fancy = true\n", ["-Dlog_level=error"], "loader.fancy: unknown key",
          1),
         (TEMPLATE + "sgx.debug = = true\n", ["-Dlog_level=error"],
@@ -111,3 +112,29 @@ def test_hashing_prints_one_summary_line_when_not_a_terminal(workdir: Path, pylo
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"\[pylos\] hashing trusted files: 1 files, 12 B in \d+\.\d\d s\n",
                         result.stderr), result.stderr
+
+
+def test_older_gramine_syntax_gets_the_migration(workdir: Path, pylos):
+    old = """\
+loader.entrypoint = "file:/usr/lib/x86_64-linux-gnu/gramine/libsysdb.so"
+libos.entrypoint = "/app"
+sgx.thread_num = 4
+sgx.trusted_files.app = "file:app"
+fs.mount.lib.type = "chroot"
+fs.mount.lib.path = "/lib"
+fs.mount.lib.uri = "file:/lib"
+"""
+    result = pylos("manifest", "-c", old, cwd=workdir)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "ERROR: <string>: this manifest uses older Gramine syntax that pylos (as Gramine ≥ 1.4) "
+        "does not read:",
+        '  loader.entrypoint = "file:/usr/lib/x86_64-linux-gnu/gramine/libsysdb.so" is Gramine '
+        '≤ 1.3 syntax; write loader.entrypoint = { uri = "file:{{ gramine.libos }}" } (or leave '
+        "it out: pylos fills it in), and name the program in libos.entrypoint",
+        '  sgx.trusted_files.NAME = "file:..." tables are Gramine ≤ 1.3 syntax; write an array: '
+        'sgx.trusted_files = [ "file:app" ]',
+        "  fs.mount.NAME.* tables are Gramine ≤ 1.3 syntax; write an array of mounts: fs.mounts "
+        '= [ { type = "chroot", path = "/lib", uri = "file:/lib" } ]',
+        "  sgx.thread_num is older Gramine's name; write sgx.max_threads = 4",
+    ]

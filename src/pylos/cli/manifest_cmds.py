@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from pylos.cli.progress import hashing_progress
-from pylos.errors import PylosError
+from pylos.errors import InputError, PylosError
 from pylos.hashing import HashCache, write_atomic
 from pylos.manifest import Manifest, parse_defines
+from pylos.manifest.trusted import MissingTrustedFile
 
 
 @click.command("manifest")
@@ -51,7 +52,11 @@ def manifest_cmd(defines: tuple[str, ...], check: bool, chroot: Path | None,
     manifest = Manifest.from_template(text, parse_defines(defines), source, search_dir)
     if check:
         manifest.check()
-    manifest.expand_all_trusted_files(chroot, HashCache.default(), hashing_progress)
+    try:
+        manifest.expand_all_trusted_files(chroot, HashCache.default(), hashing_progress)
+    except MissingTrustedFile as exc:
+        line = template_line(text, exc.uri)
+        raise InputError(f"{source}:{line}: {exc}" if line else f"{source}: {exc}") from None
     output = manifest.dumps()
     if outfile == "-":
         sys.stdout.write(output)
@@ -60,6 +65,17 @@ def manifest_cmd(defines: tuple[str, ...], check: bool, chroot: Path | None,
             write_atomic(Path(outfile), output.encode())
         except OSError as exc:
             raise PylosError(f"cannot write manifest '{outfile}': {exc}") from None
+
+
+def template_line(text: str, uri: str) -> int | None:
+    """The template line that most likely wrote `uri` (rendered values differ from the
+    template's text: the URI itself, else its last path component, quoted)."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1].removeprefix("file:")
+    for needle in (f'"{uri}"', f"'{uri}'", uri, name):
+        for number, line in enumerate(text.splitlines(), 1):
+            if needle and needle in line:
+                return number
+    return None
 
 
 @click.command("manifest-check")

@@ -294,6 +294,12 @@ def validation_errors(manifest: dict) -> list[str]:
 
 def check_manifest(manifest: dict, source: str = "manifest") -> None:
     """Raise InputError (exit status 1) listing every schema violation, Gramine-style."""
+    from pylos.manifest.legacy import migration_hints
+
+    hints = migration_hints(manifest)
+    if hints:
+        raise InputError(f"{source}: this manifest uses older Gramine syntax that pylos (as "
+                         "Gramine ≥ 1.4) does not read:\n  " + "\n  ".join(hints))
     errors = validation_errors(manifest)
     if errors:
         raise InputError(

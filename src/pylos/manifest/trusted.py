@@ -51,6 +51,15 @@ def _walk_directory(host_dir: str, rel: str, out: list[tuple[str, str]]) -> None
             continue
 
 
+class MissingTrustedFile(InputError):
+    """A trusted-file entry whose file is not there (at build time, when hashes are made)."""
+
+    def __init__(self, key: str, uri: str, host: str) -> None:
+        super().__init__(f"{key}: Missing trusted file: '{host}' ({uri!r}); fix: build or "
+                         "copy the file there, correct the URI, or remove the entry")
+        self.key, self.uri, self.host = key, uri, host
+
+
 def expand_trusted_files(
     entries: list[dict],
     chroot: Path | None = None,
@@ -75,7 +84,7 @@ def expand_trusted_files(
             if not os.path.isdir(host):
                 if os.path.exists(host.rstrip("/")):
                     raise InputError(f"{key}: URI ends with '/' but is not a directory: {uri!r}")
-                raise InputError(f"Missing trusted file: '{host}'")
+                raise MissingTrustedFile(key, uri, host)
             found: list[tuple[str, str]] = []
             _walk_directory(host, "", found)
             for name, file_host in found:
@@ -84,7 +93,7 @@ def expand_trusted_files(
             if os.path.isdir(host):
                 raise InputError(f"{key}: directory URI must end with '/': {uri!r}")
             if not os.path.isfile(host):
-                raise InputError(f"Missing trusted file: '{host}'")
+                raise MissingTrustedFile(key, uri, host)
             _add(expanded, to_hash, dict(entry), host, key)
 
     if to_hash:
