@@ -153,7 +153,7 @@ def test_rpath_origin_dependency(src: Path):
 def expect_error(src: Path, bom_text: str, message: str, *extra: str) -> None:
     before = snapshot(src / "image")
     result = copy_bom(src, bom_text, *extra)
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr  # the bom is rejected
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert snapshot(src / "image") == before
@@ -252,3 +252,30 @@ def test_environment_variables(src: Path, monkeypatch: pytest.MonkeyPatch):
     assert (src / "image/tree-copy/x.txt").read_text() == "X"
     expect_error(src, "targets:\n  - target: /\n    copy:\n      - files: [$NOT_SET_ANYWHERE]\n",
                  "environment variable $NOT_SET_ANYWHERE")
+
+
+def test_conflicting_destinations_fail_in_the_plan(src: Path):
+    """What applying would trip over (a traceback once) is refused while planning."""
+    expect_error(src, "targets:\n  - target: /bin\n    copy:\n      - files:\n"
+                 "        - {name: a.txt, rename: ..}\n", "rename: expected a file name")
+    expect_error(src, "targets:\n  - target: /\n    copy:\n      - files: [a.txt]\n"
+                 "  - target: /a.txt/sub\n",
+                 "'/a.txt/sub' would be inside '/a.txt', a file")
+    expect_error(src, "targets:\n  - target: /etc\n    mkdirs: [conf]\n  - target: /\n"
+                 "    createlinks:\n      - {src: /tmp, linkname: etc}\n",
+                 "cannot put a link at '/etc': the bom puts files inside it")
+    write(src / "image" / "plain", "a file in the image")
+    expect_error(src, "targets:\n  - target: /plain/sub\n",
+                 "'/plain/sub' would be inside '/plain', which is a file in the image")
+
+
+def test_names_the_kernel_refuses_fail_in_the_plan(src: Path):
+    expect_error(src, 'targets:\n  - target: /\n    mkdirs: ["a\\0b"]\n', "contains a NUL byte")
+    expect_error(src, f"targets:\n  - target: /\n    mkdirs: [{'x' * 256}]\n",
+                 "path too long (256 bytes, longest component 256")
+    expect_error(src, "targets: !!timestamp soon\n", "invalid YAML for a bom: a value does not "
+                 "fit its type")
+    (src / "bad.yaml").write_bytes(b"targets:\n  - target: /\xff\n")
+    result = run_pylos("copy-bom", "-f", "bad.yaml", "--root", "image", cwd=src)
+    assert result.returncode == 1 and "invalid YAML: not UTF-8 text (byte 22 is 0xff)" in (
+        result.stderr), result.stderr

@@ -102,8 +102,9 @@ def test_build_reports_bad_config_without_traceback(tmp_path: Path):
     data["resource_limits"]["user_space_size"] = "300M"
     (tmp_path / "Occlum.json").write_text(json.dumps(data))
     result = run_pylos("build", cwd=tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 1  # the configuration is rejected
     assert "resource_limits.user_space_size" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.startswith("ERROR: Occlum.json: invalid configuration:")
     (tmp_path / "Occlum.json").write_text("{not json")
     result = run_pylos("build", cwd=tmp_path)
-    assert result.returncode == 2 and "not valid JSON" in result.stderr
+    assert result.returncode == 1 and "not valid JSON" in result.stderr

@@ -45,7 +45,10 @@ def init_cmd() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Print each operation.")
 def copy_bom_cmd(bom_file: Path, root: Path, include_dirs: tuple[Path, ...], dry_run: bool,
                  verbose: bool) -> None:
-    """Fill an image from an Occlum bom file, with the shared libraries of every ELF."""
+    """Fill an image from an Occlum bom file, with the shared libraries of every ELF.
+
+    Exit status: 0 done, 1 the bom is rejected (one ERROR: line names the bom and the entry;
+    the image is untouched), 2 usage error (no such bom, unreadable files, unwritable image)."""
     from pylos.workspace.bom import apply_plan, plan_bom
 
     started = time.monotonic()
@@ -72,7 +75,10 @@ def copy_bom_cmd(bom_file: Path, root: Path, include_dirs: tuple[Path, ...], dry
               help="Accepted for Occlum compatibility: pylos always simulates SGX.")
 def build_cmd(sign_key: Path | None, reset: bool, image_key: Path | None,
               sgx_mode: str | None) -> None:
-    """Build the workspace: measure image/ and sign build/enclave.manifest.sgx."""
+    """Build the workspace: measure image/ and sign build/enclave.manifest.sgx.
+
+    Exit status: 0 built, 1 Occlum.json (or the manifest made from it) is rejected (one ERROR:
+    line, the problems indented below), 2 usage error (no workspace, no image, the key)."""
     from pylos.cli.progress import hashing_progress
     from pylos.workspace.workspace import build_workspace, find_workspace
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pylos.errors import PylosError
+from pylos.errors import InputError, PylosError
 
 SIZE = re.compile(r"^([0-9]+) *(B|KB|MB|GB|TB)$")
 UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
@@ -104,12 +104,22 @@ TEMPLATE = {
 }
 
 
+MAX_SIZE_DIGITS = 20  # more is no memory size, and int() refuses past 4300 digits
+SHOW_MAX = 60  # characters of an offending value quoted in a message
+
+
+def _show(value: Any) -> str:
+    """`value` as JSON for a message, cut short: the message stays one readable line."""
+    text = json.dumps(value)
+    return text if len(text) <= SHOW_MAX else text[:SHOW_MAX] + "..."
+
+
 def parse_size(value: Any, key: str) -> int:
     """Occlum's size strings: digits, optional spaces, B/KB/MB/GB/TB (binary, case-sensitive)."""
     match = SIZE.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise PylosError(f"Occlum.json: {key}: expected a size like \"300MB\" (an integer and "
-                         f"one of B, KB, MB, GB, TB), got {json.dumps(value)}")
+    if match is None or len(match.group(1)) > MAX_SIZE_DIGITS:
+        raise InputError(f"Occlum.json: {key}: expected a size like \"300MB\" (an integer and "
+                         f"one of B, KB, MB, GB, TB), got {_show(value)}")
     return int(match.group(1)) * UNITS[match.group(2)]
 
 
@@ -147,7 +157,7 @@ def _walk(value: Any, path: str, errors: list[str], present: list[str]) -> None:
         if not isinstance(item, expected) or (expected is int and isinstance(item, bool)):
             name = {dict: "an object", list: "an array", str: "a string", int: "an integer",
                     bool: "a boolean"}[expected]  # type: ignore[index]
-            errors.append(f"{dotted}: expected {name}, got {json.dumps(item)}")
+            errors.append(f"{dotted}: expected {name}, got {_show(item)}")
         elif expected is dict:
             _walk(item, dotted, errors, present)
 
@@ -175,11 +185,11 @@ def _mounts(raw: list, errors: list[str]) -> list[Mount]:
                 errors.append(f"{key}.options.{name}: unknown key")
         target, kind, source = entry.get("target"), entry.get("type"), entry.get("source")
         if not isinstance(target, str) or not target.startswith("/"):
-            errors.append(f"{key}.target: expected an absolute path, got {json.dumps(target)}")
+            errors.append(f"{key}.target: expected an absolute path, got {_show(target)}")
             continue
         if kind not in MOUNT_TYPES:
             errors.append(f"{key}.type: expected one of {', '.join(MOUNT_TYPES)}, got "
-                          f"{json.dumps(kind)}")
+                          f"{_show(kind)}")
             continue
         if kind == "unionfs" and target == "/":
             has_root = True  # the image + writable layer: pylos's own (docs/occlum.md)
@@ -203,7 +213,7 @@ def _mounts(raw: list, errors: list[str]) -> list[Mount]:
 
 def parse_config(data: Any, source: str = "Occlum.json") -> WorkspaceConfig:
     if not isinstance(data, dict):
-        raise PylosError(f"{source}: expected a JSON object at the top level")
+        raise InputError(f"{source}: expected a JSON object at the top level")
     errors: list[str] = []
     present: list[str] = []
     _walk(data, "", errors, present)
@@ -211,31 +221,31 @@ def parse_config(data: Any, source: str = "Occlum.json") -> WorkspaceConfig:
         if key not in present:
             errors.append(f"{key}: required key missing")
     if errors:
-        raise PylosError(f"{source}: invalid configuration:\n  " + "\n  ".join(errors))
+        raise InputError(f"{source}: invalid configuration:\n  " + "\n  ".join(errors))
 
     entry_points = _lookup(data, "entry_points")
     for i, entry in enumerate(entry_points):
         if not isinstance(entry, str) or not entry.startswith("/") or ".." in entry.split("/"):
             errors.append(f"entry_points[{i}]: expected an absolute path without '..', got "
-                          f"{json.dumps(entry)}")
+                          f"{_show(entry)}")
     env_default: dict[str, str] = {}
     for i, entry in enumerate(data.get("env", {}).get("default", [])):
         if not isinstance(entry, str) or "=" not in entry or entry.startswith("="):
-            errors.append(f"env.default[{i}]: expected \"NAME=value\", got {json.dumps(entry)}")
+            errors.append(f"env.default[{i}]: expected \"NAME=value\", got {_show(entry)}")
             continue
         name, _, value = entry.partition("=")
         env_default[name] = value
     untrusted = data.get("env", {}).get("untrusted", [])
     for i, name in enumerate(untrusted):
         if not isinstance(name, str) or not name or "=" in name:
-            errors.append(f"env.untrusted[{i}]: expected a variable name, got {json.dumps(name)}")
+            errors.append(f"env.untrusted[{i}]: expected a variable name, got {_show(name)}")
     mounts = _mounts(data["mount"], errors)
     sizes = {}
     for key in ("resource_limits.user_space_size", "process.default_stack_size",
                 "process.default_heap_size"):
         try:
             sizes[key] = parse_size(_lookup(data, key), key)
-        except PylosError as exc:
+        except InputError as exc:
             errors.append(str(exc).removeprefix("Occlum.json: "))
     threads = data["resource_limits"]["max_num_of_threads"]
     if threads < 1:
@@ -244,7 +254,7 @@ def parse_config(data: Any, source: str = "Occlum.json") -> WorkspaceConfig:
         if not 0 <= _lookup(data, key) <= 0xFFFF:
             errors.append(f"{key}: must be between 0 and 65535")
     if errors:
-        raise PylosError(f"{source}: invalid configuration:\n  " + "\n  ".join(errors))
+        raise InputError(f"{source}: invalid configuration:\n  " + "\n  ".join(errors))
 
     ignored = [k for k in present if k not in SUPPORTED and KNOWN[k] is not dict]
     warnings = []
@@ -269,12 +279,22 @@ def parse_config(data: Any, source: str = "Occlum.json") -> WorkspaceConfig:
 
 
 def load_config(path: Path) -> WorkspaceConfig:
+    """Read and check `path`: PylosError (exit status 2) if it cannot be read, InputError (1)
+    naming the file and the key if its content is not a valid Occlum.json."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise PylosError(f"cannot read '{path}': {exc.strerror}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode())
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path.name}: not valid JSON: not UTF-8 text (byte {exc.start} is "
+                         f"{raw[exc.start]:#04x})") from None
     except json.JSONDecodeError as exc:
-        raise PylosError(f"{path}: not valid JSON: {exc}") from None
+        raise InputError(f"{path.name}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path.name}: not valid JSON for pylos: arrays or objects nested too "
+                         "deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise InputError(f"{path.name}: not valid JSON for pylos: {exc}") from None
     return parse_config(data, str(path.name))
