@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from pylos.errors import PylosError
+from pylos.errors import InputError, PylosError
 from pylos.manifest import Manifest, validation_errors
+from pylos.manifest.sizes import parse_size
 
 MINIMAL = 'libos.entrypoint = "/app"\nfs.mounts = []\n'
 
@@ -134,3 +135,18 @@ def test_invalid_trusted_file_entry_form():
 def test_toml_syntax_error_names_the_line():
     with pytest.raises(PylosError, match=r"app.manifest: failed to parse manifest: .*line 2"):
         Manifest.loads('a = 1\nb = { x = 1, }\n', "app.manifest")
+
+
+@pytest.mark.parametrize("text", ["²M", "9" * 30 + "K", "-1", "1T", ""])
+def test_size_strings_that_are_not_sizes(text):
+    """ASCII digits only ("²".isdigit() is true, int() refuses it), and not absurdly many."""
+    with pytest.raises(InputError, match=r"sgx\.enclave_size: invalid size"):
+        parse_size(text, "sgx.enclave_size")
+
+
+def test_manifest_that_is_not_utf8_or_too_deep(tmp_path):
+    (tmp_path / "a.manifest").write_bytes(b'loader.log_level = "\xff"\n')
+    with pytest.raises(InputError, match=r"a.manifest: not a UTF-8 text manifest \(byte 20"):
+        Manifest.load(tmp_path / "a.manifest")
+    with pytest.raises(InputError, match="nested too deeply"):
+        Manifest.loads("x = " + "[" * 5000 + "]" * 5000 + "\n", "deep.manifest")
