@@ -14,7 +14,7 @@ def test_log_file_and_trace(make_enclave):
     result = enclave.run("open", "/trusted.txt")
     assert result.stdout.startswith("READ:trusted content")
     log = (enclave.root / "pylos.log").read_text()
-    assert 'openat("/trusted.txt", 0o0) = fd' in log
+    assert 'openat("/trusted.txt", O_RDONLY) = fd: trusted, verified' in log
     assert 'execve("/app") = verified, continue' in log
 
 
