@@ -377,3 +377,35 @@ def test_collateral_edited_without_its_signature_is_rejected(platform):
     with pytest.raises(VerificationError, match="tcb_info"):
         verify_quote(raw, collateral=_resigned(platform, "UpToDate", tamper_only=True),
                      allow_simulated=True, platform=platform)
+
+
+def test_quote_verify_checks_report_data_and_identity_and_prints_json(tmp_path):
+    sample = [str(DCAP / "sgx_quote_v3.bin"), "--collateral",
+              str(DCAP / "sgx_quote_v3_collateral.json"), "--now", str(SAMPLE_NOW)]
+    hello = b"Hello, world!".hex()
+    result = run_pylos("quote", "verify", *sample, "--report-data", hello, "--isv-prodid", "0",
+                       "--isv-svn", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    verdict = json.loads(result.stdout)
+    assert verdict["verified"] is True and verdict["simulated"] is False
+    assert verdict["tcb_status"] == "ConfigurationAndSWHardeningNeeded"
+    assert verdict["advisory_ids"] == ["INTEL-SA-00289", "INTEL-SA-00615"]
+    assert verdict["report_data"] == hello + "00" * 51
+    (tmp_path / "expected.bin").write_bytes(b"Hello, world!")
+    assert run_pylos("quote", "verify", *sample, "--report-data-file",
+                     str(tmp_path / "expected.bin")).returncode == 0
+    wrong = run_pylos("quote", "verify", *sample, "--report-data", "00", "--json")
+    assert wrong.returncode == 1
+    assert json.loads(wrong.stdout) == {"verified": False, "error": (
+        f"{DCAP / 'sgx_quote_v3.bin'}: REPORTDATA {hello + '00' * 51} is not the expected "
+        + "00" * 64)}
+    for option, message in ((["--isv-prodid", "1"], "ISVPRODID 0 is not the expected 1"),
+                            (["--isv-svn", "3"], "ISVSVN 0 is below the required minimum 3")):
+        result = run_pylos("quote", "verify", *sample, *option)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+    for option, message in ((["--report-data", "zz"], "expected hexadecimal digits"),
+                            (["--report-data", "00" * 65], "65 bytes, REPORTDATA has 64"),
+                            (["--report-data", "00", "--report-data-file", "x"],
+                             "give --report-data or --report-data-file, not both")):
+        result = run_pylos("quote", "verify", *sample, *option)
+        assert result.returncode == 2 and message in result.stderr, result.stderr

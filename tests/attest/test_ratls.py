@@ -5,6 +5,7 @@ and attempts to pass off a certificate whose key the quote does not bind."""
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import ssl
 import threading
@@ -181,6 +182,7 @@ def test_cli_ratls_verify(cert_and_key, tmp_path):
     assert "SIMULATED" in result.stdout
     result = run_pylos("ratls", "verify", str(path), "--allow-simulated")
     assert result.returncode == 2 and "RA_TLS_MRENCLAVE is not set" in result.stderr
+    assert "Give the policy as options (--mrenclave HEX, --mrsigner HEX" in result.stderr
 
 
 def _tls_server(cert_pem: bytes, key_pem: bytes, tmp_path) -> tuple[socket.socket, threading.Thread]:
@@ -268,3 +270,33 @@ def test_pyopenssl_server_accepts_only_verified_client_certs(cert_and_key, platf
             listener.close()
     assert isinstance(outcomes[0], ratls.RatlsResult)
     assert isinstance(outcomes[1], VerificationError) and "MRENCLAVE" in str(outcomes[1])
+
+
+def test_ratls_connect_verifies_a_live_server(cert_and_key, tmp_path):
+    listener, thread = _tls_server(*cert_and_key, tmp_path)
+    try:
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        result = run_pylos("ratls", "connect", address, "--allow-simulated", "--mrenclave",
+                           "11" * 32, "--isv-prodid", "0", "--json")
+        assert result.returncode == 0, result.stderr
+        verdict = json.loads(result.stdout)
+        assert verdict["verified"] and verdict["simulated"]
+        assert verdict["mr_enclave"] == "11" * 32
+        thread.join(10)
+    finally:
+        listener.close()
+    listener, thread = _tls_server(*cert_and_key, tmp_path)
+    try:
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        result = run_pylos("ratls", "connect", address, "--allow-simulated", "--mrenclave",
+                           "22" * 32)
+        assert result.returncode == 1
+        assert f"is not the expected {'22' * 32}" in result.stderr
+        # Without --allow-simulated, simulated evidence is refused.
+        thread.join(10)
+    finally:
+        listener.close()
+    refused = run_pylos("ratls", "connect", address, "--mrenclave", "11" * 32)
+    assert refused.returncode == 1 and "cannot connect" in refused.stderr
+    bad = run_pylos("ratls", "connect", "no-port", "--mrenclave", "11" * 32)
+    assert bad.returncode == 2 and "expected HOST:PORT" in bad.stderr

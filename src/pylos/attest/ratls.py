@@ -244,13 +244,17 @@ def _env_int(env: Mapping[str, str], name: str) -> int | None:
     return int(value)
 
 
+class PolicyMissing(PylosError):
+    """No RA-TLS policy was given: a usage error (exit status 2)."""
+
+
 def policy_from_env(env: Mapping[str, str] | None = None) -> Policy:
     """Gramine's RA-TLS policy: all four measurement variables required (`any` skips one),
     `RA_TLS_ALLOW_*` honoured only when exactly `1`."""
     env = os.environ if env is None else env
     for name in MEASUREMENT_VARS:
         if name not in env:
-            raise PylosError(f"A required environment variable {name} is not set.")
+            raise PolicyMissing(f"A required environment variable {name} is not set.")
     allow = {name: env.get(f"RA_TLS_ALLOW_{name}") == "1" for name in (
         "DEBUG_ENCLAVE_INSECURE", "OUTDATED_TCB_INSECURE", "HW_CONFIG_NEEDED",
         "SW_HARDENING_NEEDED")}

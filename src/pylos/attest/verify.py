@@ -68,6 +68,8 @@ class Policy:
     allow_debug: bool = False
     # TCB statuses accepted besides UpToDate; None = every status but Revoked/Unknown.
     accept_tcb: frozenset[str] | None = None
+    # The 64 bytes of REPORTDATA required (what the enclave wrote to user_report_data).
+    report_data: bytes | None = None
 
 
 @dataclass
@@ -375,3 +377,6 @@ def apply_policy(result: VerifiedQuote, policy: Policy) -> None:
     if policy.min_isv_svn is not None and body.isv_svn < policy.min_isv_svn:
         raise VerificationError(f"ISVSVN {body.isv_svn} is below the required minimum "
                                 f"{policy.min_isv_svn}")
+    if policy.report_data is not None and body.report_data != policy.report_data:
+        raise VerificationError(f"REPORTDATA {body.report_data.hex()} is not the expected "
+                                f"{policy.report_data.hex()}")

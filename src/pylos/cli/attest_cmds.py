@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from pylos.errors import PylosError, about
+from pylos.errors import InputError, PylosError, about
 
 MAX_TIME = 253402300799  # 9999-12-31 23:59:59 UTC: what dcap-qvl and the messages take
 TCB_CHOICES = ("SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
@@ -49,8 +49,14 @@ def policy_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Accept pylos SIMULATED evidence (testing only)."),
         click.option("--mrenclave", metavar="HEX", help="Required MRENCLAVE."),
         click.option("--mrsigner", metavar="HEX", help="Required MRSIGNER."),
-        click.option("--isvprodid", type=click.IntRange(0, 0xFFFF), help="Required ISVPRODID."),
-        click.option("--min-isvsvn", type=click.IntRange(0, 0xFFFF), help="Minimum ISVSVN."),
+        click.option("--isv-prodid", "--isvprodid", "isvprodid", type=click.IntRange(0, 0xFFFF),
+                     help="Required ISVPRODID."),
+        click.option("--isv-svn", "--min-isvsvn", "min_isvsvn", type=click.IntRange(0, 0xFFFF),
+                     help="Minimum ISVSVN (as Gramine's RA_TLS_ISV_SVN)."),
+        click.option("--report-data", metavar="HEX",
+                     help="Required REPORTDATA: up to 64 bytes in hex, zero-padded to 64."),
+        click.option("--report-data-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Required REPORTDATA: the file's bytes (up to 64), zero-padded."),
         click.option("--allow-debug", is_flag=True, help="Accept DEBUG enclaves (insecure)."),
         click.option("--accept-tcb", multiple=True, type=click.Choice(TCB_CHOICES),
                      help="Accept this TCB status besides UpToDate (repeatable); without it "
@@ -67,12 +73,36 @@ def _policy(kw: dict[str, Any]) -> Any:
     return Policy(mr_enclave=_hex32(kw["mrenclave"], "--mrenclave"),
                   mr_signer=_hex32(kw["mrsigner"], "--mrsigner"), isv_prod_id=kw["isvprodid"],
                   min_isv_svn=kw["min_isvsvn"], allow_debug=kw["allow_debug"],
-                  accept_tcb=frozenset(kw["accept_tcb"]) if kw["accept_tcb"] else None)
+                  accept_tcb=frozenset(kw["accept_tcb"]) if kw["accept_tcb"] else None,
+                  report_data=_report_data(kw))
+
+
+def _report_data(kw: dict[str, Any]) -> bytes | None:
+    """The REPORTDATA the options require: 64 bytes, the given ones zero-padded."""
+    if kw["report_data"] is not None and kw["report_data_file"] is not None:
+        raise PylosError("give --report-data or --report-data-file, not both")
+    if kw["report_data_file"] is not None:
+        raw, what = _read(kw["report_data_file"], "report data"), "--report-data-file"
+    elif kw["report_data"] is not None:
+        what = f"--report-data {kw['report_data']!r}"
+        try:
+            raw = bytes.fromhex(kw["report_data"])
+        except ValueError:
+            raise PylosError(f"{what}: expected hexadecimal digits") from None
+    else:
+        return None
+    if len(raw) > 64:
+        raise PylosError(f"{what}: {len(raw)} bytes, REPORTDATA has 64")
+    return raw.ljust(64, b"\0")
+
+
+POLICY_KEYS = ("mrenclave", "mrsigner", "isvprodid", "min_isvsvn", "allow_debug", "accept_tcb",
+               "report_data", "report_data_file")
 
 
 def _policy_given(kw: dict[str, Any]) -> bool:
-    return any(kw[k] not in (None, False, ()) for k in (
-        "mrenclave", "mrsigner", "isvprodid", "min_isvsvn", "allow_debug", "accept_tcb"))
+    # `is`, not `in`: --isv-prodid 0 is a policy, and 0 == False.
+    return any(kw[k] is not None and kw[k] is not False and kw[k] != () for k in POLICY_KEYS)
 
 
 def _collateral(kw: dict[str, Any]) -> bytes | None:
@@ -84,7 +114,20 @@ def _collateral_source(kw: dict[str, Any]) -> str | None:
     return None if kw["collateral"] is None else str(kw["collateral"])
 
 
-def _print_verdict(verified: Any) -> None:
+def verdict_fields(verified: Any) -> dict[str, Any]:
+    """The verdict as data (`--json`)."""
+    body = verified.quote.body
+    return {"verified": True, "simulated": verified.simulated, "tcb_status": verified.status,
+            "advisory_ids": list(verified.advisory_ids), "mr_enclave": body.mr_enclave.hex(),
+            "mr_signer": body.mr_signer.hex(), "isv_prod_id": body.isv_prod_id,
+            "isv_svn": body.isv_svn, "debug": bool(body.attributes.debug),
+            "report_data": body.report_data.hex(), "notes": list(verified.notes)}
+
+
+def _print_verdict(verified: Any, as_json: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps(verdict_fields(verified), indent=2))
+        return
     body = verified.quote.body
     kind = ("SIMULATED (pylos simulated platform — not SGX hardware, not Intel-attested)"
             if verified.simulated else "real SGX (Intel SGX Root CA)")
@@ -128,7 +171,9 @@ def quote_view_cmd(file: Path, as_json: bool) -> None:
 @policy_options
 @click.option("--offline", is_flag=True,
               help="Only check the quote's own signatures and PCK chain (no collateral, no TCB).")
-def quote_verify_cmd(file: Path, offline: bool, **kw: Any) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the verdict as JSON (rejected: verified false, with the error).")
+def quote_verify_cmd(file: Path, offline: bool, as_json: bool, **kw: Any) -> None:
     """Verify the quote in FILE: signatures, PCK chain, collateral, TCB status, policy.
 
     Exit status: 0 verified, 1 rejected (malformed, or not to be trusted; one ERROR: line says
@@ -148,10 +193,16 @@ def quote_verify_cmd(file: Path, offline: bool, **kw: Any) -> None:
                                         "nor a pylos simulation root")
         return
     policy, collateral = _policy(kw), _collateral(kw)
-    verified = verify_quote(raw, collateral=collateral, now=kw["now"],
-                            allow_simulated=kw["allow_simulated"], policy=policy,
-                            source=str(file), collateral_source=_collateral_source(kw))
-    _print_verdict(verified)
+    try:
+        verified = verify_quote(raw, collateral=collateral, now=kw["now"],
+                                allow_simulated=kw["allow_simulated"], policy=policy,
+                                source=str(file), collateral_source=_collateral_source(kw))
+    except InputError as exc:
+        if not as_json:
+            raise
+        click.echo(json.dumps({"verified": False, "error": str(exc)}, indent=2))
+        sys.exit(exc.exit_code)
+    _print_verdict(verified, as_json)
 
 
 @click.group("ratls")
@@ -172,13 +223,21 @@ def ratls_verify_cmd(cert: Path, **kw: Any) -> None:
     Exit status: 0 verified, 1 rejected (malformed, or not to be trusted; one ERROR: line says
     why), 2 usage error (bad option or RA_TLS_* value, unreadable file)."""
     from pylos.attest.ratls import (
+        PolicyMissing,
         extract_evidence,
         load_certificate,
         policy_from_env,
         verify_certificate,
     )
 
-    policy = _policy(kw) if _policy_given(kw) else policy_from_env()  # usage errors first
+    try:  # usage errors first
+        policy = _policy(kw) if _policy_given(kw) else policy_from_env()
+    except PolicyMissing as exc:
+        raise PylosError(f"{exc} Give the policy as options (--mrenclave HEX, --mrsigner HEX, "
+                         "--isv-prodid N, --isv-svn N, --report-data HEX; --allow-simulated for "
+                         "pylos evidence) or set RA_TLS_MRENCLAVE, RA_TLS_MRSIGNER, "
+                         "RA_TLS_ISV_PROD_ID and RA_TLS_ISV_SVN (`any` skips one), as in "
+                         "Gramine.") from None
     collateral = _collateral(kw)
     certificate = load_certificate(_read(cert, "certificate"), str(cert))
     evidence = extract_evidence(certificate, str(cert))
@@ -193,6 +252,67 @@ def ratls_verify_cmd(cert: Path, **kw: Any) -> None:
         collateral=collateral, now=kw["now"], source=str(cert),
         collateral_source=_collateral_source(kw))
     _print_verdict(result.verified)
+
+
+@ratls_group.command("connect")
+@click.argument("address", metavar="HOST:PORT")
+@policy_options
+@click.option("--ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also require the server's certificate to chain to this CA (PEM), with "
+                   "its name checked (for RA-TLS servers whose certificate a CA issued).")
+@click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
+              help="Seconds to connect and finish the handshake.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+def ratls_connect_cmd(address: str, ca: Path | None, timeout: float, as_json: bool,
+                      **kw: Any) -> None:
+    """Connect to an RA-TLS server at HOST:PORT and verify the quote in its certificate.
+
+    The policy is given as options or, without them, by Gramine's RA_TLS_* environment
+    variables (as `ratls verify`). Nothing is sent to the server.
+
+    Exit status: 0 verified, 1 rejected or unreachable (one ERROR: line says why), 2 usage
+    error (bad HOST:PORT, option or RA_TLS_* value, unreadable CA file)."""
+    import socket
+    import ssl
+
+    from pylos.attest.ratls import PolicyMissing, client_context, verify_peer
+
+    host, _, port_text = address.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise PylosError(f"{address!r}: expected HOST:PORT (e.g. localhost:4433)")
+    try:
+        policy = _policy(kw) if _policy_given(kw) else None
+        if policy is None:
+            from pylos.attest.ratls import policy_from_env
+
+            policy = policy_from_env()
+    except PolicyMissing as exc:
+        raise PylosError(f"{exc} Give the policy as options (--mrenclave HEX, --mrsigner HEX, "
+                         "--isv-prodid N, --isv-svn N) or set the RA_TLS_* variables.") from None
+    context = client_context()
+    if ca is not None:
+        _read(ca, "CA certificate")
+        try:
+            context.load_verify_locations(cafile=str(ca))
+        except ssl.SSLError as exc:
+            raise PylosError(f"'{ca}': not a PEM CA certificate ({exc.reason})") from None
+        context.check_hostname, context.verify_mode = True, ssl.CERT_REQUIRED
+    where = f"{host}:{port_text}"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port_text)), timeout=timeout) \
+                as raw, context.wrap_socket(raw, server_hostname=host.strip("[]")) as tls:
+            result = verify_peer(tls, policy=policy, allow_simulated=kw["allow_simulated"],
+                                 collateral=_collateral(kw), now=kw["now"], source=where,
+                                 collateral_source=_collateral_source(kw))
+    except ssl.SSLCertVerificationError as exc:
+        raise InputError(f"{where}: the server's certificate does not chain to '{ca}' "
+                         f"({exc.verify_message})") from None
+    except (OSError, ssl.SSLError) as exc:
+        detail = exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+        raise InputError(f"{where}: cannot connect: {detail}") from None
+    if not as_json:
+        click.echo(f"Connected to {where}: {result.evidence.extension} evidence")
+    _print_verdict(result.verified, as_json)
 
 
 @click.group("secret-prov")
