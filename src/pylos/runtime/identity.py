@@ -23,12 +23,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pylos.errors import PylosError
 from pylos.runtime import landlock
+from pylos.runtime.target import thread_group
 
 if TYPE_CHECKING:
     from pylos.runtime.config import EnclaveConfig
@@ -65,12 +67,41 @@ def check_identity_possible(config: EnclaveConfig, reason: str, fix: str,
 
 def landlock_rules(config: EnclaveConfig) -> list[tuple[str, int]]:
     """(host path, access rights) the program keeps (runtime/landlock.py); everything else
-    is out of reach. Exec only from the manifest's mounts: the host's file system is there
-    as it is (no noexec binds)."""
-    rules = [(mount.host, landlock.READ_ONLY | landlock.EXECUTE)
-             for mount in [config.root, *config.mounts] if mount.host]
+    is out of reach. Without noexec binds and exec staging, Landlock is what keeps exec to
+    trusted files: execute is granted on each trusted file that has an x bit (nothing else
+    can be executed), so an exec whose path a thread swaps after the check still cannot
+    run a host file that is not trusted."""
+    rules = [(mount.host, landlock.READ_ONLY) for mount in [config.root, *config.mounts]
+             if mount.host]
+    rules += [(path, landlock.EXECUTE) for path in config.trusted if _executable(path)]
     rules += [(path.rstrip("/") or "/", landlock.WRITABLE) for path in config.allowed]
-    return [*rules, *landlock.DEVICES_AND_PROC]
+    return [*rules, *landlock.HOST_DEVICES_AND_PROC]
+
+
+def _executable(path: str) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & 0o111)
+    except OSError:
+        return False  # missing now: the run refuses it when it is used
+
+
+# /proc/<pid>/<entry> of another process: what the supervisor must not open for the program.
+# It opens with its own rights, which in identity mode reach the enclave's init, the
+# supervisor itself and the host user's other processes (mem, environ, fd, maps...).
+PROCESS_ENTRY = re.compile(r"^/proc/(\d+)/([^/]+)")
+HARMLESS_PROCESS_ENTRIES = frozenset({"stat", "statm", "status", "comm"})
+
+
+def foreign_process_entry(path: str, caller_tgid: int) -> bool:
+    """Whether `path` is a /proc entry of another process than the caller's, other than the
+    few that ps and top read."""
+    match = PROCESS_ENTRY.match(path)
+    if match is None or match.group(2) in HARMLESS_PROCESS_ENTRIES:
+        return False
+    try:
+        return thread_group(int(match.group(1))) != caller_tgid
+    except OSError:
+        return True  # gone, or not ours to look at
 
 
 def allowed_prefixes(config: EnclaveConfig) -> tuple[tuple[str, ...], frozenset[str]]:
@@ -109,16 +140,31 @@ def kill_descendants() -> None:
 
 class IdentityPolicy:
     """Where, by host path, the program may open files it may write (no view to decide by
-    mount), plus the host's /proc and /dev/shm, which stand in for the view's own."""
+    mount), plus the host's /dev/shm, which stands in for the view's own; the host's /proc
+    stands in for the view's /proc read-only. The supervisor opens with its own rights,
+    which here are root's on the host's files: a write to /proc/sys/kernel/core_pattern or
+    an open of /dev/sda would be the host's, so only the harmless device nodes are served."""
 
-    PRIVATE = ("/proc/", "/dev/shm/")
+    PRIVATE = ("/dev/shm/",)
+    READ_ONLY = ("/proc/",)
+    DEVICES = frozenset(f"/dev/{name}" for name in (
+        "null", "zero", "full", "random", "urandom", "tty", "ptmx"))
+    DEVICE_DIRS = ("/dev/pts/",)
 
     def __init__(self, config: EnclaveConfig) -> None:
         self.dirs, self.files = allowed_prefixes(config)
 
     def allows(self, path: str) -> bool:
+        """Whether the program may write `path`."""
         return (path in self.files or path.startswith(self.dirs)
                 or path.startswith(self.PRIVATE))
+
+    def allows_reading(self, path: str) -> bool:
+        """Whether `path`, neither trusted nor a device, may be read."""
+        return self.allows(path) or path.startswith(self.READ_ONLY)
+
+    def allows_device(self, path: str) -> bool:
+        return path in self.DEVICES or path.startswith(self.DEVICE_DIRS)
 
     def allows_below(self, directory: str) -> bool:
         """Whether everything beneath `directory` is allowed (not just single files)."""

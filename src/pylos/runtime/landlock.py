@@ -44,12 +44,23 @@ SCOPES_ABI = 6
 
 READ_ONLY = READ_FILE | READ_DIR
 ALL = -1  # every right the kernel handles
-# Making device nodes stays refused everywhere (the filter refuses mknod of devices too).
-WRITABLE = ~(MAKE_CHAR | MAKE_BLOCK)
+# Where the program may write: everything but making device nodes (the filter refuses mknod
+# of devices too) and executing (what is written there is not verified).
+WRITABLE = ~(MAKE_CHAR | MAKE_BLOCK | EXECUTE)
 
-# The device nodes and /proc, in either mode: read and write, never create or remove.
+# The view's own /dev (host device nodes bound read-only) and /proc (the enclave's PID
+# namespace, /proc/sys read-only): read and write, never create or remove.
 DEVICES_AND_PROC = (("/dev", READ_FILE | WRITE_FILE | READ_DIR | TRUNCATE | IOCTL_DEV),
                     ("/dev/shm", WRITABLE), ("/proc", READ_FILE | WRITE_FILE | READ_DIR))
+# Identity mode has the host's /dev and /proc: writes to /proc would be writes to the host's
+# kernel settings (core_pattern, sysrq-trigger: root's by uid, not by capability), and /dev
+# holds every device. Only the harmless devices and terminals stay writable.
+_DEVICE_RW = READ_FILE | WRITE_FILE | TRUNCATE
+HOST_DEVICES_AND_PROC = (
+    ("/dev", READ_DIR), ("/dev/shm", WRITABLE), ("/proc", READ_FILE | READ_DIR),
+    *((f"/dev/{name}", _DEVICE_RW) for name in ("null", "zero", "full", "random", "urandom")),
+    ("/dev/tty", _DEVICE_RW | IOCTL_DEV), ("/dev/ptmx", _DEVICE_RW | IOCTL_DEV),
+    ("/dev/pts", _DEVICE_RW | IOCTL_DEV | READ_DIR))
 
 RULESET_ATTR = struct.Struct("<QQQ")  # handled_access_fs, handled_access_net, scoped
 PATH_BENEATH = struct.Struct("<Qi")  # packed: allowed_access u64, parent_fd s32

@@ -62,6 +62,8 @@ PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 CLONE_NEWUSER = 0x10000000
 ADDR_NO_RANDOMIZE = 0x0040000
+READ_IMPLIES_EXEC = 0x0400000
+PERSONALITY_QUERY = 0xFFFFFFFF
 CLONE_NAMESPACE_FLAGS = 0x7E020000 | 0x00000080  # CLONE_NEW{NS,CGROUP,UTS,IPC,USER,PID,NET,TIME}
 
 # Calls that must never run in an enclave (docs/runtime.md lists why).
@@ -108,6 +110,7 @@ def filter_for(config: EnclaveConfig, identity: bool = False) -> tuple[bytes, di
         "open": files.handle_open, "openat": files.handle_openat,
         "openat2": files.handle_openat2, "creat": files.handle_creat,
         "execve": processes.handle_execve, "execveat": processes.handle_execveat,
+        "memfd_create": memory.handle_memfd_create,
     }
     if config.disallow_subprocesses:
         trapped.update(fork=processes.refuse_subprocess, vfork=processes.refuse_subprocess)
@@ -153,6 +156,12 @@ def filter_for(config: EnclaveConfig, identity: bool = False) -> tuple[bytes, di
     # allowed directory would be a file capability on the host.
     for name in ("setxattr", "lsetxattr", "fsetxattr", "setxattrat"):
         actions.setdefault(SYSCALLS[name], seccomp.errno_action(errno.EOPNOTSUPP))
+    # READ_IMPLIES_EXEC makes every readable mapping executable; querying (0xffffffff) and
+    # every other persona stay possible.
+    if SYSCALLS["personality"] not in actions:
+        rules.append(seccomp.ArgRule(
+            SYSCALLS["personality"], 0, ((READ_IMPLIES_EXEC, refused),), seccomp.RET_ALLOW,
+            unless=PERSONALITY_QUERY))
     if SYSCALLS["ioctl"] not in actions:  # a mocked ioctl never reaches the terminal
         rules.append(seccomp.ArgRule(
             SYSCALLS["ioctl"], 1,

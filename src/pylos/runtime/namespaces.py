@@ -138,7 +138,9 @@ class ViewBuilder:
 
     def tmpfs(self, path: str) -> None:
         self.ensure(path, True)
-        mount("tmpfs", self.real(path), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        # noexec: nothing the program writes runs (only trusted files run, from their staged
+        # verified copies), not even by swapping an exec's path after its check.
+        mount("tmpfs", self.real(path), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777")
         self.host_binds.pop(path, None)
         self.result.private_mount_ids.append(_mount_id_of(self.real(path)))
 
@@ -272,7 +274,7 @@ class ViewBuilder:
                              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
             os.symlink(target, f"{dev}/{name}")
         os.mkdir(f"{dev}/shm", 0o1777)
-        mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777")
         self.result.private_mount_ids.append(_mount_id_of(f"{dev}/shm"))
 
     def _make_exec_staging(self) -> None:

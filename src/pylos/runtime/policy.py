@@ -175,6 +175,14 @@ class FilePolicy:
         self.allow_all_but_log = allow_all_but_log
         self._log = log
 
+    def identity_device(self, fd: int, name: str) -> None:
+        """Identity mode: raise PolicyError unless the device node `fd` is a harmless one."""
+        assert self.identity is not None
+        if not self.identity.allows_device(os.readlink(f"/proc/self/fd/{fd}")):
+            raise PolicyError(errno.EACCES, f"Disallowing access to device '{name}': only "
+                              "/dev/null, zero, full, random, urandom and terminals are served "
+                              "without namespaces")
+
     def admit(self, fd: int, st: os.stat_result, name: str, flags: int) -> Admitted:
         """Decide on an opened fd: the fd to give the program (maybe a verified copy), and the
         verdict in words (for `--trace`).
@@ -182,6 +190,8 @@ class FilePolicy:
         Raises PolicyError when the open must fail. `fd` stays owned by the caller.
         """
         mode = st.st_mode
+        if self.identity is not None and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+            self.identity_device(fd, name)
         if not stat.S_ISREG(mode):
             return Admitted(fd, "not a regular file")  # directories, devices, fifos, sockets
         if (st.st_dev, st.st_ino) in self.trusted.staged:
@@ -203,9 +213,11 @@ class FilePolicy:
             return Admitted(fd, "allowed")
         if mnt_id in self.private_mounts:
             return Admitted(fd, "enclave-private (tmpfs, /proc)")
-        if self.identity is not None and self.identity.allows(
-                os.readlink(f"/proc/self/fd/{fd}")):
-            return Admitted(fd, "allowed")
+        if self.identity is not None:
+            writes = flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND)
+            where = os.readlink(f"/proc/self/fd/{fd}")
+            if self.identity.allows(where) if writes else self.identity.allows_reading(where):
+                return Admitted(fd, "allowed")
         if self.allow_all_but_log:
             self._log("warning", f"Allowing access to unknown file '{name}' due to "
                       "file_check_policy.")

@@ -62,16 +62,20 @@ def off_arg(index: int) -> int:
 class ArgRule:
     """For syscall `nr`: the action of the first (value, action) that matches the low 32 bits
     of `args[arg]`, else `otherwise`. A value matches when any of its bits is set in the
-    argument (flags: clone), or, with `equals`, when it is the argument (requests: ioctl)."""
+    argument (flags: clone), or, with `equals`, when it is the argument (requests: ioctl).
+    An argument equal to `unless` skips the checks (personality's query, all bits set)."""
 
     nr: int
     arg: int
     checks: tuple[tuple[int, int], ...]
     otherwise: int
     equals: bool = False
+    unless: int | None = None
 
     def block(self) -> list[tuple[int, int, int, int]]:
         block = [(LD_W_ABS, 0, 0, off_arg(self.arg))]
+        if self.unless is not None:
+            block.append((JEQ_K, 2 * len(self.checks), 0, self.unless))
         test = JEQ_K if self.equals else JSET_K
         for value, action in self.checks:
             block += [(test, 0, 1, value), (RET_K, 0, 0, action)]

@@ -13,10 +13,10 @@ file. So verifying the host file is not enough: the host could change it afterwa
   later execs of the same path find the staged inode and need no hashing.
 
 A racing thread that rewrites the exec's path after the check can only point it at another
-staged (verified) file, at enclave-private memory (tmpfs, memfd: content the enclave made
-itself), or at a host file, which the kernel refuses (noexec). The staging tmpfs is visible
-read-only at `/dev/.pylos-exec`; init writes into it through a descriptor of a detached
-read-write mount of the same tmpfs, which no path in the view names.
+staged (verified) file: host binds, tmpfs mounts and /dev/shm are noexec, and memfds are
+sealed non-executable (syscalls/memory.py), so the kernel refuses everything else. The
+staging tmpfs is visible read-only at `/dev/.pylos-exec`; init writes into it through a
+descriptor of a detached read-write mount of the same tmpfs, which no path in the view names.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pylos.runtime.identity import foreign_process_entry
 from pylos.runtime.policy import PolicyError
 from pylos.runtime.target import (
     RESOLVE_BENEATH,
@@ -29,6 +30,7 @@ from pylos.runtime.target import (
     read_chunks,
     read_memory,
     read_path,
+    thread_group,
 )
 
 if TYPE_CHECKING:
@@ -322,6 +324,24 @@ def _finish_blocking_open(sup: Supervisor, n: Notification, fd: int, flags: int,
 WRITE_INTENT = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
+def _refuse_host_device(sup: Supervisor, pid: int, dirfd: int, path: bytes, flags: int,
+                        resolve: int, nid: int, name: str) -> None:
+    """Identity mode, an open for reading: a host device node is refused before it is opened
+    (opening some acts: a watchdog starts, a tape rewinds). A path swapped in afterwards is
+    still refused by admit, after its open."""
+    try:
+        probe = _open_in_view(sup, pid, dirfd, path, O_PATH | (flags & os.O_NOFOLLOW), 0,
+                              resolve, nid)
+    except OSError:
+        return  # the open itself says why
+    try:
+        st = os.fstat(probe)
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            sup.policy.identity_device(probe, name)
+    finally:
+        os.close(probe)
+
+
 def _open_judged_by_path(sup: Supervisor, pid: int, dirfd: int, path: bytes, flags: int,
                          mode: int, resolve: int, nid: int) -> int:
     """Identity mode (no view, runtime/identity.py): an open that may write is judged on the
@@ -361,7 +381,9 @@ def _open_judged_by_path(sup: Supervisor, pid: int, dirfd: int, path: bytes, fla
             if not policy.allows(os.readlink(f"/proc/self/fd/{probe}")):
                 raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}'; file is "
                                   "not allowed.")
-        # Devices, FIFOs and sockets write nothing to the host's file system.
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            sup.policy.identity_device(probe, name)  # before an open that could act
+        # FIFOs and sockets write nothing to the host's file system.
         return os.open(str(probe), (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW))
                        | os.O_CLOEXEC, dir_fd=_own_fds())
     finally:
@@ -429,12 +451,18 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
                 flags & ~(os.O_CREAT | os.O_EXCL | os.O_CLOEXEC))
         else:
             judge_first = sup.policy.identity is not None
+            if judge_first and not flags & WRITE_INTENT:
+                _refuse_host_device(sup, pid, dirfd, path, flags, resolve, n.id, name)
             # A probe (O_PATH) or a reopen is no create: the mode goes with creating opens only.
             fd, st, pending = _open_without_blocking(
                 lambda how: (_open_judged_by_path if judge_first and how & WRITE_INTENT
                              else _open_in_view)(sup, pid, dirfd, path, how & ~os.O_CLOEXEC,
                                                  mode if _will_create(how) else 0, resolve,
                                                  n.id), flags)
+        if (sup.policy.identity is not None and not pending
+                and foreign_process_entry(os.readlink(f"/proc/self/fd/{fd}"), thread_group(pid))):
+            raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}': another "
+                              "process's /proc entry")
         served, verdict = (fd, "reopen of its own descriptor") if within_rights else (
             sup.policy.admit(fd, st, name, flags))
         if served != fd:

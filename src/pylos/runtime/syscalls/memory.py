@@ -1,4 +1,6 @@
-"""Large anonymous mmaps: name `sgx.enclave_size` when the program is about to run out of it.
+"""Memory: large anonymous mmaps, and memfds that cannot be executed (handle_memfd_create).
+
+Large anonymous mmaps name `sgx.enclave_size` when the program is about to run out of it.
 
 The limit itself is the kernel's (RLIMIT_AS of every process: an enclave's memory is a fixed
 address range). What the kernel does not do is say why an allocation failed. Only anonymous
@@ -10,6 +12,7 @@ enforces the limit.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import TYPE_CHECKING
 
@@ -58,3 +61,51 @@ def handle_large_mmap(sup: Supervisor, n: Notification) -> None:
     if sup.log.trace:
         sup.trace(n, f"len={length}", "continue")
     sup.listener.allow(n.id)
+
+
+# memfd_create(2) flags (linux/memfd.h); hugetlb page sizes are bits 26-31 with MFD_HUGETLB.
+MFD_CLOEXEC, MFD_ALLOW_SEALING, MFD_HUGETLB, MFD_NOEXEC_SEAL, MFD_EXEC = 1, 2, 4, 8, 0x10
+MFD_HUGE_SIZES = 0x3F << 26
+MFD_FLAGS = MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB | MFD_NOEXEC_SEAL | MFD_EXEC
+MFD_NAME_MAX = 249  # NAME_MAX minus the "memfd:" prefix
+
+
+def handle_memfd_create(sup: Supervisor, n: Notification) -> None:
+    """memfd_create: made by the supervisor, sealed non-executable, and installed in the caller.
+
+    A memfd is executable by default, and nothing verifies what runs from it: a thread that
+    swaps an exec's path for /proc/self/fd/<memfd> after the exec check would run unverified
+    code. The kernel's own answer (vm.memfd_noexec = 2) is per PID namespace and needs one;
+    so every memfd gets MFD_NOEXEC_SEAL (mode without x bits, F_SEAL_EXEC), and MFD_EXEC is
+    refused with EACCES, as that sysctl does. Everything else is the program's memfd.
+    """
+    from pylos.runtime.target import read_path
+
+    flags = n.args[1] & 0xFFFFFFFF
+    sizes_ok = flags & MFD_HUGETLB or not flags & MFD_HUGE_SIZES
+    if flags & ~(MFD_FLAGS | MFD_HUGE_SIZES) or not sizes_ok or (
+            flags & MFD_EXEC and flags & MFD_NOEXEC_SEAL):
+        sup.listener.reply(n.id, error=errno.EINVAL)
+        return
+    try:
+        name = read_path(n.pid, n.args[0], limit=MFD_NAME_MAX + 1)
+    except OSError as exc:
+        err = errno.EINVAL if exc.errno == errno.ENAMETOOLONG else exc.errno or errno.EFAULT
+        if sup.listener.id_valid(n.id):
+            sup.listener.reply(n.id, error=err)
+        return
+    if flags & MFD_EXEC:
+        sup.log("warning", "Disallowing memfd_create(MFD_EXEC): code in the enclave runs only "
+                "from trusted files")
+        sup.listener.reply(n.id, error=errno.EACCES)
+        return
+    try:
+        fd = os.memfd_create(os.fsdecode(name), (flags & ~MFD_CLOEXEC) | MFD_NOEXEC_SEAL
+                             | os.MFD_CLOEXEC)
+    except OSError as exc:
+        sup.listener.reply(n.id, error=exc.errno or errno.ENOMEM)
+        return
+    try:
+        sup.listener.reply_fd(n.id, fd, cloexec=bool(flags & MFD_CLOEXEC))
+    finally:
+        os.close(fd)

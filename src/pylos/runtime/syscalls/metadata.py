@@ -208,7 +208,7 @@ def handle_utimensat(sup: Supervisor, n: Notification) -> None:
         sup.listener.reply(n.id, error=errno.EINVAL)
         return
     try:
-        times = _read_times(n, n.args[2], TIMESPEC_PAIR, TIMESPEC_PAIR.pack)
+        times = _read_times(n, n.args[2], TIMESPEC_PAIR, lambda v: TIMESPEC_PAIR.pack(*v))
     except OSError as exc:
         _reply_error(sup, n, exc)
         return

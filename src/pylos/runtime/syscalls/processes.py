@@ -4,8 +4,8 @@ The kernel maps an executable, its ELF interpreter (PT_INTERP) and a script's `#
 interpreter itself, with no notification for the latter two, so all of them are resolved in
 the view and verified here, and each verified copy is staged over its path in the view
 (`runtime/staging.py`) before the exec may proceed. Exec cannot be emulated, so the call is
-then CONTINUEd: host binds are noexec, so whatever path the kernel resolves it can only map
-staged, verified bytes (or enclave-private memory).
+then CONTINUEd: host binds and tmpfs mounts are noexec and memfds sealed non-executable,
+so whatever path the kernel resolves it can only map staged, verified bytes.
 """
 
 from __future__ import annotations
