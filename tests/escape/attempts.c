@@ -280,6 +280,22 @@ static void inherited_socket(void) {
     refused("send(11)", send(11, "LEAK", 4, MSG_DONTWAIT));
 }
 
+/* chmod, chown and touch the host file the caller passed as standard input, by descriptor
+ * and through /proc/self/fd/0: root inside owns every root-owned host inode, and the view's
+ * read-only binds do not cover what the caller passed (`pylos run app < /etc/passwd`). */
+static void inherited_stdio_metadata(void) {
+    refused("fchmod(0,0777)", fchmod(0, 0777));
+    refused("fchown(0)", fchown(0, 1234, 1234));
+    refused("futimens(0)", futimens(0, NULL));
+    refused("chmod(/proc/self/fd/0)", chmod("/proc/self/fd/0", 0));
+    refused("utimes(/proc/self/fd/0)", utimes("/proc/self/fd/0", NULL));
+    int copy = dup(0);
+    refused("fchmod(dup(0),0600)", fchmod(copy, 0600));
+    refused("fchmodat2(dup(0),\"\",AT_EMPTY_PATH)", syscall(452, copy, "", 0700, AT_EMPTY_PATH));
+    refused("fchownat(dup(0),\"\",AT_EMPTY_PATH)", fchownat(copy, "", 0, 0, AT_EMPTY_PATH));
+    close(copy);
+}
+
 /* Another process's magic links: /proc/<pid>/root, cwd and fd of every visible process
  * (container escapes through a host process's /proc entry). */
 static void proc_pid_magic_links(void) {
@@ -1285,6 +1301,7 @@ static const struct attempt ATTEMPTS[] = {
     ATTEMPT("inherited-dir-magic-link", inherited_dir_magic_link),
     ATTEMPT("inherited-opath-reopen", inherited_opath_reopen),
     ATTEMPT("inherited-socket", inherited_socket),
+    ATTEMPT("inherited-stdio-metadata", inherited_stdio_metadata),
     ATTEMPT("proc-pid-magic-links", proc_pid_magic_links),
     ATTEMPT("proc-self-root-dotdot", proc_self_root_dotdot),
     ATTEMPT("proc-self-exe-overwrite", proc_self_exe_overwrite),

@@ -228,6 +228,8 @@ def snapshot(base: Path, skip: Path) -> dict[str, tuple]:
     for setting in HOST_SETTINGS:
         if setting.exists():
             state[str(setting)] = (setting.read_text(),)
+    st = os.stat("/dev/null")  # every run's standard input or a stream's peer
+    state["/dev/null"] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
     return state
 
 
@@ -305,8 +307,11 @@ def test_attempt_is_held(name: str, enclave: Enclave, host: Host, isolated_cache
     terminal = pty.openpty() if name in TERMINAL_ATTEMPTS else None
     if terminal:
         tty.setraw(terminal[1])
+    stdin = terminal[1] if terminal else None
+    if name == "inherited-stdio-metadata":  # a host file as standard input, in the snapshot
+        stdin = os.open(host.hostdir / "sentinel" / "victim.txt", os.O_RDONLY)
     try:
-        result = launch(enclave, host, name, terminal[1] if terminal else None, theirs)
+        result = launch(enclave, host, name, stdin, theirs)
         theirs.close()
         output = result.stdout + result.stderr
         assert result.returncode == 0 and f"HELD {name}:" in result.stdout, output
@@ -328,6 +333,8 @@ def test_attempt_is_held(name: str, enclave: Enclave, host: Host, isolated_cache
                 os.read(terminal[1], 64)  # nothing typed into the terminal
     finally:
         _restore_host_settings(before)
+        if name == "inherited-stdio-metadata" and stdin is not None:
+            os.close(stdin)
         mine.close()
         if terminal:
             os.close(terminal[0])

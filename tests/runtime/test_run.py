@@ -116,6 +116,7 @@ def test_edited_signed_manifest_is_refused(make_enclave, signing_key):
     result = enclave.run()
     assert result.returncode == 2
     assert "does not match the measurement" in result.stderr
+    assert "rebuild both with `pylos sign -m" in result.stderr
     assert "Hello" not in result.stdout
 
 

@@ -97,9 +97,8 @@ class Confinement:
     landlock_abi: int
 
 
-def filter_for(config: EnclaveConfig, identity: bool = False) -> tuple[bytes, dict]:
-    """The BPF program for this enclave and the supervisor's handler table; `identity`:
-    without namespaces, metadata calls are trapped too (runtime/syscalls/metadata.py)."""
+def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
+    """The BPF program for this enclave and the supervisor's handler table."""
     actions: dict[int, int] = {}
     handlers: dict = {}
     for name in DENIED:
@@ -114,8 +113,7 @@ def filter_for(config: EnclaveConfig, identity: bool = False) -> tuple[bytes, di
     }
     if config.disallow_subprocesses:
         trapped.update(fork=processes.refuse_subprocess, vfork=processes.refuse_subprocess)
-    if identity:
-        trapped.update(metadata.HANDLERS)
+    trapped.update(metadata.HANDLERS)
     for name, value in config.mock_syscalls.items():
         if name not in SYSCALLS:
             raise PylosError(f"sys.debug__mock_syscalls: unknown system call {name!r}")
@@ -587,7 +585,6 @@ def run(app: str, host_args: list[str],
                              "cannot confine the program's file system calls") from None
         from pylos.runtime.identity import landlock_rules
 
-        program_filter, handlers = filter_for(config, identity=True)
         confinement = Confinement(program_filter, tuple(landlock_rules(config)), landlock_abi)
         return _start(config, log, plan, confinement, handlers, newroot,
                       program_umask, watchdog, identity=True)

@@ -157,8 +157,10 @@ def _load_signed(manifest_path: Path, sig_path: Path) -> LoadedEnclave:
             f"{install.libos_hash()}; re-sign it with this pylos)"
         )
     if measure(data, manifest) != sigstruct.enclave_hash:
+        plain = manifest_path.with_suffix("")
         raise PylosError(f"'{manifest_path}' does not match the measurement in '{sig_path}' "
-                         "(edited after signing?)")
+                         "(edited after signing, or the .sig of another build): rebuild both "
+                         f"with `pylos sign -m {plain}`")
     attributes, _, misc_select = enclave_attributes(manifest)
     if (attributes, misc_select) != (sigstruct.attributes, sigstruct.misc_select):
         raise PylosError(f"'{sig_path}': attributes do not match the manifest's sgx options")

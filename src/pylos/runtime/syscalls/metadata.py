@@ -1,14 +1,17 @@
-"""chmod, chown and utime families in identity mode: emulated on what was judged.
+"""chmod, chown and utime families: emulated on what was judged.
 
-Without namespaces (runtime/identity.py) the program works on the host's own file system, and
-Landlock has no right for metadata: a program could chmod, chown or touch any host file its
-user owns (all of them, as root). So these calls are trapped in identity mode only (in
-namespace mode the view's read-only binds refuse them with EROFS): the supervisor resolves the
+Landlock has no right for metadata, and a program that is root in its user namespace is root
+for every host inode its ids own (all of them when pylos runs as root). Without namespaces
+(runtime/identity.py) that is the host's whole file system; in namespace mode it is what the
+view's read-only binds do not cover: the standard streams the caller of `pylos run` passed
+(a host file or device, even /dev/null itself), reached by `fchmod(0)` or through
+/proc/self/fd/0. So these calls are trapped in both modes: the supervisor resolves the
 target as the program would (its cwd or dirfd; `AT_SYMLINK_NOFOLLOW`; `AT_EMPTY_PATH`), judges
-the file it found (allowed directories and files, the program's /proc and /dev/shm; objects
-with no host path such as pipes, sockets and memfds), and applies the change to that very
-file through its descriptor. A racing thread that rewrites the path changes nothing: the
-path was read once, and what was judged is what is changed.
+the file it found (identity mode: allowed directories and files, /dev/shm; namespace mode: a
+writable or enclave-private mount of the view, EROFS on the view's read-only binds; in both,
+objects with no host path such as pipes, sockets and memfds), and applies the change to
+that very file through its descriptor. A racing thread that rewrites the path changes
+nothing: the path was read once, and what was judged is what is changed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from pylos.runtime.policy import PolicyError
 from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view
-from pylos.runtime.target import read_memory, read_path
+from pylos.runtime.target import mount_id, read_memory, read_path
 
 if TYPE_CHECKING:
     from pylos.runtime.seccomp import Notification
@@ -70,7 +73,15 @@ def _judge(sup: Supervisor, fd: int, name: str) -> None:
     if where.startswith("/memfd:"):
         return
     policy = sup.policy.identity
-    if policy is None or not (policy.allows(where) or policy.allows_below(where)):
+    if policy is None:
+        mnt_id = mount_id(fd)
+        if mnt_id in sup.policy.writable_mounts or mnt_id in sup.policy.private_mounts:
+            return
+        if os.fstatvfs(fd).f_flag & os.ST_RDONLY:
+            raise OSError(errno.EROFS, "a read-only mount of the view")
+        raise PolicyError(errno.EPERM, f"Disallowing changing the attributes of '{name}'; "
+                          "it is a host file outside the view.")
+    if not (policy.allows(where) or policy.allows_below(where)):
         raise PolicyError(errno.EPERM, f"Disallowing changing the attributes of '{name}'; "
                           "file is not allowed.")
 
