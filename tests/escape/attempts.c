@@ -454,6 +454,29 @@ static void symlink_relative(void) {
 
 static volatile int racing;
 
+/* Open `path` 3000 times while `swapper` runs in a thread; an escape if any read leaks. */
+static void race_opens(const char *name, void *(*swapper)(void *)) {
+    char path[512];
+    snprintf(path, sizeof path, "%s", name); /* data_path's buffers are the swapper's now */
+    racing = 1;
+    pthread_t t;
+    pthread_create(&t, NULL, swapper, NULL);
+    int opened = 0;
+    for (int i = 0; i < 3000 && !escapes; i++) {
+        int fd = open(path, O_RDONLY);
+        if (fd >= 0) {
+            opened++;
+            char buf[256] = {0};
+            if (read(fd, buf, sizeof buf - 1) > 0 && leaks(buf))
+                escaped("the racing open read the secret");
+            close(fd);
+        }
+    }
+    racing = 0;
+    pthread_join(t, NULL);
+    note("opens=3000,opened=%d", opened);
+}
+
 static void *symlink_swapper(void *arg) {
     (void)arg;
     while (racing) {
@@ -471,23 +494,7 @@ static void symlink_race(void) {
     make_file(data_path("swap-good"), "allowed\n");
     unlink(data_path("swap-evil"));
     symlink(SECRET, data_path("swap-evil"));
-    racing = 1;
-    pthread_t t;
-    pthread_create(&t, NULL, symlink_swapper, NULL);
-    int opened = 0;
-    for (int i = 0; i < 3000 && !escapes; i++) {
-        int fd = open(data_path("swap"), O_RDONLY);
-        if (fd >= 0) {
-            opened++;
-            char buf[256] = {0};
-            if (read(fd, buf, sizeof buf - 1) > 0 && leaks(buf))
-                escaped("the racing open read the secret");
-            close(fd);
-        }
-    }
-    racing = 0;
-    pthread_join(t, NULL);
-    note("opens=3000,opened=%d", opened);
+    race_opens(data_path("swap"), symlink_swapper);
 }
 
 static void *dir_swapper(void *arg) {
@@ -507,23 +514,7 @@ static void directory_rename_race(void) {
     make_file(data_path("dir/secret.txt"), "allowed\n");
     unlink(data_path("dir-evil"));
     symlink(HOSTDIR, data_path("dir-evil"));
-    racing = 1;
-    pthread_t t;
-    pthread_create(&t, NULL, dir_swapper, NULL);
-    int opened = 0;
-    for (int i = 0; i < 3000 && !escapes; i++) {
-        int fd = open(data_path("dir/secret.txt"), O_RDONLY);
-        if (fd >= 0) {
-            opened++;
-            char buf[256] = {0};
-            if (read(fd, buf, sizeof buf - 1) > 0 && leaks(buf))
-                escaped("the racing open read the secret");
-            close(fd);
-        }
-    }
-    racing = 0;
-    pthread_join(t, NULL);
-    note("opens=3000,opened=%d", opened);
+    race_opens(data_path("dir/secret.txt"), dir_swapper);
 }
 
 static void *dir_mover(void *arg) {
