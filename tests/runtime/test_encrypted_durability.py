@@ -68,6 +68,12 @@ def last_synced(stdout: bytes) -> int:
     return int(lines[-1].split()[1]) if lines else 0
 
 
+def killed_supervisor_env(directory: Path) -> dict[str, str]:
+    """A supervisor killed with SIGKILL cannot remove its empty view mount point
+    ($TMPDIR/pylos-root-*): let it be made in the test's own directory."""
+    return {**os.environ, "TMPDIR": str(directory)}
+
+
 def check_loop_files(enc: Path, synced: int, program_killed: bool) -> int:
     names = set(os.listdir(enc))
     assert not {n for n in names if n.startswith(".pylos-new-")} - names  # never visible
@@ -104,7 +110,8 @@ def test_sigkill_during_write_loop(encrypted, victim):  # noqa: F811 (the fixtur
             shutil.rmtree(enc)
             enc.mkdir()
         process = subprocess.Popen([PYLOS, "run", "app", "loop", "/enc"], cwd=enclave.root,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   env=killed_supervisor_env(enclave.root.parent))
         try:
             # Even rounds: any instant from the very start (view, mounts, first opens); odd
             # rounds: once the loop runs, amid appends, rewrites and flushes.
@@ -175,7 +182,7 @@ def test_sigkill_during_sqlite_transactions(tmp_path: Path):
     for iteration in range(12):
         process = subprocess.Popen([PYLOS, "run", "./sqlite3", "/db/test.db"], cwd=root,
                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+                                   stderr=subprocess.DEVNULL, env=killed_supervisor_env(tmp_path))
         feeder = threading.Thread(target=_feed, args=(process, script))
         feeder.start()
         try:
