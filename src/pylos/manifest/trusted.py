@@ -92,7 +92,9 @@ def expand_trusted_files(
         else:
             if os.path.isdir(host):
                 raise InputError(f"{key}: directory URI must end with '/': {uri!r}")
-            if not os.path.isfile(host):
+            # With its sha256 given, the file is checked when it is opened, as Gramine does:
+            # it may be made later (a build step, a file the program itself writes first).
+            if "sha256" not in entry and not os.path.isfile(host):
                 raise MissingTrustedFile(key, uri, host)
             _add(expanded, to_hash, dict(entry), host, key)
 

@@ -168,6 +168,21 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
     return seccomp.build_filter(actions, rules), handlers
 
 
+def _create_allowed_directories(config: EnclaveConfig, log: Log) -> None:
+    """An allowed directory (`file:logs/`) that does not exist yet is made, empty, on the
+    host: the program may create files there, as in Gramine, and a bind needs a directory to
+    bind. Allowed single files that do not exist stay so (the program may create them where
+    their directory is writable)."""
+    for allowed in config.allowed:
+        if allowed.endswith("/") and not os.path.lexists(allowed.rstrip("/")):
+            try:
+                os.makedirs(allowed, 0o755)
+            except OSError as exc:
+                raise PylosError(f"sgx.allowed_files: cannot create the missing directory "
+                                 f"'{allowed}': {exc.strerror}") from None
+            log("warning", f"created the allowed directory '{allowed}' (it did not exist)")
+
+
 def view_plan(config: EnclaveConfig) -> ViewPlan:
     """Mounts shallow-first (a deeper mount then lands on top), manifest order otherwise."""
     allowed = [a.rstrip("/") for a in config.allowed]
@@ -336,6 +351,21 @@ def unhonoured_keys(data: dict) -> list[str]:
     return warnings
 
 
+def _open_files_limit(wanted: int, log: Log) -> int:
+    """`sys.fds.limit` as the program's RLIMIT_NOFILE (soft and hard, as Gramine sets it).
+    The program's processes inherit our hard limit and, in their user namespace, cannot
+    raise it: raise ours first where we may (root), else clamp to it, with one warning."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and wanted > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, wanted))
+        except (OSError, ValueError):
+            log("warning", f"sys.fds.limit = {wanted} is above this host's limit of open files "
+                f"({hard}): the program gets {hard}")
+            return hard
+    return wanted
+
+
 def _set_pdeathsig() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -399,6 +429,8 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Conf
         fuse_fds, fuse_warnings = open_devices(fuse)  # in our user namespace, before pivot_root
         _report_stage(channel, "view", "the enclave's file system view to be built")
         result = build_view(plan, newroot, config.start_dir)
+        if not config.extra_runtime_domain_names_conf:
+            socket.sethostname("localhost")  # Gramine's; the host's name with that option
         if fuse:
             _report_stage(channel, "FUSE mounts", "mounting "
                           + ", ".join(mount.path for mount in fuse))
@@ -544,10 +576,12 @@ def run(app: str, host_args: list[str],
         log("warning", warning)
     log("warning", f"enclave memory limit (sgx.enclave_size): {config.enclave_size} bytes, "
         "enforced as each process's address-space limit")
+    config.fds_limit = _open_files_limit(config.fds_limit, log)
 
     _replace_unsafe_standard_descriptors(log)
 
     program_filter, handlers = filter_for(config)
+    _create_allowed_directories(config, log)
     plan = view_plan(config)
     if "pylos" in loaded.manifest.data:  # RA-TLS files, provisioned secrets: before the start
         from pylos.attest.prestart import prepare_enclave

@@ -40,6 +40,9 @@ MNT_DETACH = 0x2
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 # Entries of /proc that write to the host kernel (bind-mounted read-only over themselves).
 KERNEL_KNOBS = ("sys", "sysrq-trigger", "irq", "bus")
+# The part of /sys Gramine provides (CPU and NUMA topology: online/possible CPUs, per-CPU
+# topology and caches, node cpumaps), bound read-only from the host's sysfs.
+SYS_SUBSET = ("/sys/devices/system/cpu", "/sys/devices/system/node")
 LOADER = "/lib64/ld-linux-x86-64.so.2"
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -236,6 +239,7 @@ class ViewBuilder:
         mount("proc", self.real("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         self.result.private_mount_ids.append(_mount_id_of(self.real("/proc")))
         self._protect_kernel_knobs()
+        self._make_sys_subset()
         self._make_loader_resolvable(loader_search)
         for skeleton in [*self.skeletons, self.newroot]:
             mount(None, skeleton, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
@@ -255,6 +259,17 @@ class ViewBuilder:
             mount(real, real, None, MS_BIND | MS_REC)
             self.restrict(real)
             self.result.private_mount_ids.append(_mount_id_of(real))
+
+    def _make_sys_subset(self) -> None:
+        """SYS_SUBSET, where the manifest's mounts do not already show them."""
+        for path in SYS_SUBSET:
+            if not os.path.isdir(path) or os.path.lexists(self.real(path)):
+                continue
+            self.ensure(path, True)
+            self.host_binds.pop(path, None)
+            mount(path, self.real(path), None, MS_BIND | MS_REC)
+            self.restrict(self.real(path))
+            self.result.private_mount_ids.append(_mount_id_of(self.real(path)))
 
     def _make_dev(self) -> None:
         self.ensure("/dev", True)

@@ -1,0 +1,80 @@
+"""Gramine behaviours kept where pylos differed (issue: Gramine's manifests unchanged)."""
+
+from __future__ import annotations
+
+import resource
+import socket
+from pathlib import Path
+
+from runtime_support import TEMPLATE
+
+
+def test_hostname_is_localhost(make_enclave):
+    # Gramine answers "localhost" unless sys.enable_extra_runtime_domain_names_conf is set.
+    result = make_enclave("environment").run("hostname")
+    assert result.stdout == "hostname localhost\n", result.stderr
+    plain = make_enclave("environment",
+                         extra="sys.enable_extra_runtime_domain_names_conf = true\n")
+    assert plain.run("hostname").stdout == f"hostname {socket.gethostname()}\n"
+
+
+def test_cpu_and_node_topology_in_sys(make_enclave):
+    result = make_enclave("environment").run(
+        "head", "/sys/devices/system/cpu/online", "head", "/sys/devices/system/cpu/possible",
+        "head", "/sys/devices/system/node/online", "head", "/sys/kernel/uevent_helper")
+    online = Path("/sys/devices/system/cpu/online").read_text()
+    lines = result.stdout.splitlines(keepends=True)
+    assert lines[0] == f"head {online}", result.stderr
+    assert lines[1] == f"head {Path('/sys/devices/system/cpu/possible').read_text()}"
+    assert lines[2].startswith("head ") and "ENOENT" not in lines[2]
+    assert lines[3] == "head ENOENT\n"  # only the topology, not the rest of /sys
+
+
+def test_open_files_limit_above_the_host_is_clamped(make_enclave):
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    enclave = make_enclave("environment", extra=f"sys.fds.limit = {hard * 4}\n",
+                           log_level="warning")
+    result = enclave.run("nofile")
+    assert result.returncode == 0, result.stderr
+    granted = int(result.stdout.split()[1])
+    assert result.stdout.endswith("raise ok\n") and hard <= granted <= hard * 4
+    if granted == hard:
+        assert (f"sys.fds.limit = {hard * 4} is above this host's limit of open files "
+                f"({hard}): the program gets {hard}") in result.stderr
+
+
+def test_manifest_limit_is_the_programs_to_reach(make_enclave):
+    result = make_enclave("environment", extra="sys.fds.limit = 500\n").run("nofile")
+    assert result.stdout == "nofile 500 raise ok\n", result.stderr
+
+
+def test_read_only_open_with_create_makes_the_file(make_enclave):
+    enclave = make_enclave("environment")
+    result = enclave.run("create-rdonly", "/data/made.txt", "create-rdonly", "/tmp/made.txt")
+    assert result.stdout == "create-rdonly ok\ncreate-rdonly ok\n", result.stderr
+    assert (enclave.root / "data" / "made.txt").exists()
+
+
+def test_trusted_file_made_later_does_not_stop_the_start(make_enclave):
+    # Gramine checks a trusted file with its sha256 given when it is opened, not at load.
+    enclave = make_enclave("environment")
+    enclave.render(template=TEMPLATE.replace(
+        '  "file:trusted.txt",\n',
+        '  "file:trusted.txt",\n  { uri = "file:later.txt", sha256 = '
+        '"c3ab8ff13720e8ad9047dd39466b3c8974e592c2fa383d4a3960714caef0c4f2" },\n'))
+    assert enclave.run("head", "/later.txt").stdout == "head ENOENT\n"
+    (enclave.root / "later.txt").write_text("foobar")  # sha256("foobar")
+    assert enclave.run("head", "/later.txt").stdout == "head foobar"  # no newline in it
+    (enclave.root / "later.txt").write_text("tampered")
+    result = enclave.run("head", "/later.txt")
+    assert result.stdout == "head EPERM\n" or result.stdout == "head EACCES\n"
+
+
+def test_missing_allowed_directory_is_made(make_enclave):
+    enclave = make_enclave("fsops")
+    enclave.render(template=TEMPLATE.replace(
+        'sgx.allowed_files = [ "file:data/" ]', 'sgx.allowed_files = [ "file:data/", "file:logs/" ]'))
+    assert not (enclave.root / "logs").exists()
+    result = enclave.run("write", "/logs/run.log", "read", "/logs/run.log")
+    assert result.stdout == "write ok\nread ok\n", result.stderr
+    assert (enclave.root / "logs" / "run.log").exists()
