@@ -228,7 +228,7 @@ class AttestationFs(Driver):
             if offset != 0 or len(data) != KEY_SIZE:
                 self.log("error", f"/dev/attestation/keys/{name}: a key is exactly {KEY_SIZE} "
                          f"bytes written at once (got {len(data)} at offset {offset}); not set")
-                raise OSError(errno.EINVAL, path)
+                raise OSError(errno.EACCES, path)  # Gramine's answer
             self.keys.set(name, data)
             self.log("debug", f"key '{name}' provisioned through /dev/attestation/keys")
             return len(data)
