@@ -78,3 +78,10 @@ def test_missing_allowed_directory_is_made(make_enclave):
     result = enclave.run("write", "/logs/run.log", "read", "/logs/run.log")
     assert result.stdout == "write ok\nread ok\n", result.stderr
     assert (enclave.root / "logs" / "run.log").exists()
+
+
+def test_init_shows_no_host_paths(make_enclave):
+    # PID 1 of the enclave is pylos's init: its command line named the host's interpreter,
+    # virtual environment and launcher code.
+    result = make_enclave("environment").run("head", "/proc/1/cmdline")
+    assert result.stdout == "head pylos-init", result.stdout

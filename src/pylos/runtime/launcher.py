@@ -366,6 +366,21 @@ def _open_files_limit(wanted: int, log: Log) -> int:
     return wanted
 
 
+def _rename_command_line(name: str) -> None:
+    """What /proc/<pid>/cmdline shows: the program sees init as PID 1 of its enclave, and
+    its command line named the host's interpreter, virtual environment and launcher code.
+    Overwritten in place (the kernel reads the argument area of the process's memory)."""
+    with open("/proc/self/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+    text = name.encode()[:max(end - start - 2, 0)]
+    ctypes.memset(start, 0, end - start)
+    ctypes.memmove(start, text, len(text))
+    # A last byte that is not NUL tells the kernel the area was rewritten (setproctitle): it
+    # then shows the area up to its first NUL, the name alone.
+    ctypes.memset(end - 1, ord(" "), 1)
+
+
 def _set_pdeathsig() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -417,6 +432,7 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Conf
     """
     _set_pdeathsig()
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    _rename_command_line("pylos-init")
     if identity:  # no namespaces (runtime/identity.py): the host's file system as it is
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         fuse, fuse_fds, fuse_warnings, fuse_ids, result = [], [], [], [], ViewResult()
