@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pylos.pf import PfError
+
 from runtime_support import TEMPLATE, Enclave, shell_template
 from support import PYLOS
 
@@ -213,3 +215,24 @@ def test_normal_user_without_dev_fuse_gets_a_clear_error():
         "Permission denied" in report
     assert "error=encrypted mounts need FUSE, and cannot open /dev/fuse: Permission denied " \
         "(it is mode 600; distributions ship it 0666: `chmod 0666 /dev/fuse` as root)" in report
+
+
+def test_nested_encrypted_mounts_each_with_its_key(encrypted):
+    # Gramine manifests often mount /tmp_enc and /tmp_enc/mrenclaves, each with its own key:
+    # the inner mount point lies inside the outer FUSE file system, whose server must answer
+    # before it can be mounted. Both start and serve; each file is under its own key.
+    inner_key = "f0e1d2c3b4a5968778695a4b3c2d1e0f"
+    enclave = encrypted(mounts=ENC_DIR + '  { type = "encrypted", path = "/enc/inner", '
+                        'uri = "file:enc/inner", key_name = "inner" },\n',
+                        keys={"default": KEY_HEX, "inner": inner_key})
+    result = enclave.run("write", "/enc/outer.txt", "outer", timeout=60)
+    assert result.returncode == 0, result.stderr
+    result = enclave.run("write", "/enc/inner/secret.txt", "inner", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert enclave.run("cat", "/enc/inner/secret.txt").stdout == "inner"
+    enc = enclave.root / "enc"
+    assert decrypt(enc / "outer.txt", "enc/outer.txt") == b"outer"
+    inner = enc / "inner" / "secret.txt"
+    assert decrypt(inner, "enc/inner/secret.txt", bytes.fromhex(inner_key)) == b"inner"
+    with pytest.raises(PfError):
+        decrypt(inner, "enc/inner/secret.txt")  # not under the outer key

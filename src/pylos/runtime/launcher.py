@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING
 from pylos.errors import PylosError
 from pylos.runtime import seccomp
 from pylos.runtime.config import EnclaveConfig, build_config
-from pylos.runtime.fs import FuseSetup, encrypted_is_file, fuse_mounts, mount_all, open_devices
+from pylos.runtime.fs import (
+    FuseSetup,
+    encrypted_is_file,
+    fuse_mounts,
+    is_nested,
+    mount_all,
+    open_devices,
+)
 from pylos.runtime.namespaces import (
     Bind,
     ViewPlan,
@@ -243,8 +250,12 @@ def view_rules(config: EnclaveConfig, plan: ViewPlan) -> tuple[tuple[str, int], 
     rules = [("/", root)]
     rules += [(bind.path, landlock.WRITABLE) for bind in plan.binds
               if isinstance(bind, Bind) and bind.writable]
-    rules += [(mount.path, landlock.WRITABLE) for mount in config.mounts
-              if mount.type in ("tmpfs", "encrypted")]
+    private = [mount.path for mount in config.mounts if mount.type in ("tmpfs", "encrypted")]
+    # A mount inside another is covered by the outer rule (Landlock's rules hold beneath
+    # their directory, across mounts); naming it would look it up through the outer FUSE
+    # mount, whose server starts only after the program has confined itself.
+    rules += [(path, landlock.WRITABLE) for path in private
+              if not any(path.startswith(outer.rstrip("/") + "/") for outer in private)]
     return (*rules, *landlock.DEVICES_AND_PROC)
 
 
@@ -457,8 +468,10 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Conf
                                              "private": result.private_mount_ids + fuse_ids,
                                              "warnings": fuse_warnings})], [root, *fuse_fds])
     os.close(root)
+    nested = [fd for index, fd in enumerate(fuse_fds) if is_nested(fuse, index)]
     for fd in fuse_fds:
-        os.close(fd)
+        if fd not in nested:  # a nested mount's descriptor waits for its mount
+            os.close(fd)
     if any(config.start_dir.startswith(m.path.rstrip("/") + "/") or config.start_dir == m.path
            for m in fuse):
         os.chdir(config.start_dir)  # into the mount itself, now that it is served
@@ -480,7 +493,16 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Conf
 
         kill_descendants()  # no PID namespace to end them
         return code
-    return _serve_until_exit(program, StagingArea(result.staging_dirfd), staging_channel)
+
+    def mount_nested() -> list[int]:
+        ids = mount_all(fuse, fuse_fds, config.uid, config.gid, nested=True)
+        for fd in nested:
+            os.close(fd)
+        nested.clear()
+        return ids
+
+    return _serve_until_exit(program, StagingArea(result.staging_dirfd, mount_nested),
+                             staging_channel)
 
 
 def _report_stage(channel: socket.socket, name: str, waiting_for: str) -> None:
@@ -768,6 +790,9 @@ def _receive_enclave(config: EnclaveConfig, log: Log, channel: socket.socket, cr
     with watchdog.stage("file servers", "the servers of the encrypted mounts and "
                         "/dev/attestation to start"):
         config.fuse.start(root_fds[1:], root_fds[0], log, close=fds)
+        if config.fuse.has_nested and stager is not None:
+            view["private"] += stager.mount_nested()
+            config.fuse.serve_nested()
     return view, root_fds, fds
 
 

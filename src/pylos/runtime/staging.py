@@ -25,10 +25,13 @@ import errno
 import marshal
 import os
 import socket
+from collections.abc import Callable
 
+from pylos.errors import PylosError
 from pylos.runtime.namespaces import MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REMOUNT, mount
 
 STAGING_DIR = "/dev/.pylos-exec"
+MOUNT_NESTED = {"mount": "nested"}  # the one request that is not a path to stage
 REQUEST_TIMEOUT = 30.0
 
 
@@ -44,11 +47,14 @@ def copy_fd(source: int, target: int) -> None:
 
 
 class StagingArea:
-    """Init's side: stages copies into the tmpfs and binds them over view paths."""
+    """Init's side: stages copies into the tmpfs and binds them over view paths; and, once,
+    mounts the nested FUSE mounts (`fs.mount_all`), the other thing only init may mount."""
 
-    def __init__(self, rw_dirfd: int) -> None:
+    def __init__(self, rw_dirfd: int,
+                 mount_nested: Callable[[], list[int]] | None = None) -> None:
         self.rw_dirfd = rw_dirfd
         self.count = 0
+        self.mount_nested = mount_nested
 
     def stage(self, path: str, content_fd: int) -> tuple[int, int]:
         """Bind a read-only executable copy of `content_fd` over `path`; its (dev, inode)."""
@@ -74,9 +80,12 @@ class StagingArea:
         if not message:
             return False
         try:
-            path = marshal.loads(message)
+            request = marshal.loads(message)
             try:
-                reply = {"staged": self.stage(path, fds[0])}
+                if request == MOUNT_NESTED:
+                    reply = {"mounted": self.mount_nested() if self.mount_nested else []}
+                else:
+                    reply = {"staged": self.stage(request, fds[0])}
             except OSError as exc:
                 reply = {"error": f"{exc.strerror or exc}"}
         finally:
@@ -92,6 +101,14 @@ class Stager:
     def __init__(self, channel: socket.socket) -> None:
         self.channel = channel
         channel.settimeout(REQUEST_TIMEOUT)
+
+    def mount_nested(self) -> list[int]:
+        """Ask init to mount the nested FUSE mounts (their servers run): their mount IDs."""
+        self.channel.send(marshal.dumps(MOUNT_NESTED))
+        reply = marshal.loads(self.channel.recv(8192) or marshal.dumps({"error": "init gone"}))
+        if "error" in reply:
+            raise PylosError(f"mounting the nested encrypted mounts: {reply['error']}")
+        return list(reply["mounted"])
 
     def stage(self, path: str, content_fd: int) -> tuple[int, int]:
         """Ask init to stage `content_fd` at the view path `path`; OSError when it cannot."""

@@ -52,8 +52,17 @@ def encrypted_is_file(mount: Mount) -> bool:
 
 def fuse_mounts(config: EnclaveConfig) -> list[FuseMount]:
     """The FUSE mounts of this enclave, in mount order (the same in init and supervisor)."""
-    mounts = [FuseMount(m.path, "encrypted", encrypted_is_file(m), m)
-              for m in config.mounts if m.type == "encrypted"]
+    mounts: list[FuseMount] = []
+    for m in config.mounts:
+        if m.type != "encrypted":
+            continue
+        # Inside another encrypted directory, a mount whose host path is missing is a
+        # directory (made through the outer mount, as Gramine's tests expect of
+        # /tmp_enc/mrenclaves); elsewhere a missing path is a file made on first open.
+        inside = any(not outer.is_file and m.path.startswith(outer.path.rstrip("/") + "/")
+                     for outer in mounts)
+        is_file = encrypted_is_file(m) and not (inside and not os.path.lexists(m.host or ""))
+        mounts.append(FuseMount(m.path, "encrypted", is_file, m))
     return [*mounts, FuseMount(ATTESTATION_PATH, "attestation")]
 
 
@@ -89,19 +98,37 @@ def _fuse_hint() -> str:
     return ""
 
 
-def mount_all(mounts: list[FuseMount], fds: list[int], uid: int, gid: int) -> list[int]:
-    """Mount each FUSE descriptor on its place in the view (init, after pivot_root); returns
-    their mount IDs (the file policy allows opens there)."""
+def is_nested(mounts: list[FuseMount], index: int) -> bool:
+    """Whether mount `index` lies inside an earlier FUSE directory mount (Gramine manifests
+    often have `/tmp_enc` and `/tmp_enc/mrenclaves`, each with its own key)."""
+    path = mounts[index].path
+    return any(not outer.is_file and path.startswith(outer.path.rstrip("/") + "/")
+               for outer in mounts[:index])
+
+
+def mount_all(mounts: list[FuseMount], fds: list[int], uid: int, gid: int,
+              nested: bool = False) -> list[int]:
+    """Mount FUSE descriptors on their places in the view (init, after pivot_root); returns
+    their mount IDs (the file policy allows opens there).
+
+    First (`nested` False) the mounts that are not inside another FUSE mount. A nested one
+    has its mount point inside another FUSE file system, whose server must answer for that
+    point to be found: it is mounted (`nested` True) once the servers run, its directory made
+    through the outer mount if it is missing."""
     from pylos.runtime.namespaces import mount as do_mount
 
-    for spec, fd in zip(mounts, fds, strict=False):
-        if spec.kind == "attestation":
+    chosen = []
+    for index, (spec, fd) in enumerate(zip(mounts, fds, strict=False)):
+        if is_nested(mounts, index) != nested:
+            continue
+        chosen.append(spec.path)
+        if spec.kind == "attestation" or nested:
             os.makedirs(spec.path, 0o755, exist_ok=True)
         rootmode = "100000" if spec.is_file else "40000"
         options = (f"fd={fd},rootmode={rootmode},user_id={uid},group_id={gid},allow_other,"
                    "default_permissions")
         do_mount("pylos", spec.path, "fuse", MS_NOSUID | MS_NODEV | MS_NOEXEC, options)
-    return _mount_ids([m.path for m in mounts[:len(fds)]])
+    return _mount_ids(chosen)
 
 
 def _mount_ids(paths: list[str]) -> list[int]:
@@ -129,13 +156,29 @@ class FuseSetup:
     uid: int
     gid: int
     server_pid: int | None = None
+    _nested_go: int | None = None  # write end: the nested mounts are mounted, serve them
+
+    @property
+    def has_nested(self) -> bool:
+        return any(is_nested(self.mounts, i) for i in range(len(self.mounts)))
+
+    def serve_nested(self) -> None:
+        """Tell the server that init has mounted the nested mounts: serve them now (their
+        descriptors answer EPERM until they are mounted)."""
+        if self._nested_go is not None:
+            os.write(self._nested_go, b"go")
+            os.close(self._nested_go)
+            self._nested_go = None
 
     @classmethod
     def prepare(cls, config: EnclaveConfig, manifest_data: dict,
                 identity: ReportBody | None) -> FuseSetup:
         keys = KeyStore.from_manifest(manifest_data, identity)
         mounts = fuse_mounts(config)
-        for spec in mounts:
+        for index, spec in enumerate(mounts):
+            if spec.is_file and is_nested(mounts, index):
+                raise PylosError(f"fs.mounts: the single-file encrypted mount at {spec.path} "
+                                 "lies inside another encrypted mount; mount its directory")
             if spec.mount is not None:
                 keys.declare(spec.mount.key_name)
                 if spec.mount.key_name.startswith("_sgx_") and identity is None:
@@ -159,13 +202,14 @@ class FuseSetup:
         """
         if not fds:
             return
+        go_read, go_write = os.pipe2(os.O_CLOEXEC) if self.has_nested else (-1, -1)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                for fd in close or []:
+                for fd in [*(close or []), *([go_write] if go_write >= 0 else [])]:
                     os.close(fd)
-                code = self._serve(fds, root_fd, log)
+                code = self._serve(fds, root_fd, log, go_read)
             except BaseException as exc:
                 log("error", f"the FUSE server failed: {exc!r}")
             finally:
@@ -173,8 +217,12 @@ class FuseSetup:
         self.server_pid = pid
         for fd in fds:
             os.close(fd)
+        if go_read >= 0:
+            os.close(go_read)
+            self._nested_go = go_write
 
-    def _serve(self, fds: list[int], root_fd: int, log: Callable[[str, str], None]) -> int:
+    def _serve(self, fds: list[int], root_fd: int, log: Callable[[str, str], None],
+               nested_go: int) -> int:
         """The FUSE server process: until every mount is gone, then flush and exit."""
         import ctypes
         import signal
@@ -195,7 +243,14 @@ class FuseSetup:
             os._exit(0)
 
         signal.signal(signal.SIGTERM, flush_and_exit)
-        for spec, fd in zip(self.mounts, fds, strict=False):
+        order = sorted(range(len(fds)), key=lambda i: is_nested(self.mounts, i))
+        for index in order:
+            spec, fd = self.mounts[index], fds[index]
+            if is_nested(self.mounts, index) and nested_go >= 0:
+                if os.read(nested_go, 2) != b"go":  # the supervisor is gone: serve nothing more
+                    break
+                os.close(nested_go)
+                nested_go = -1
             driver: Driver
             if spec.kind == "encrypted":
                 from pylos.runtime.fs.encrypted import EncryptedFs  # cryptography: only here
