@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import socket
+import subprocess
 from pathlib import Path
 
 from runtime_support import TEMPLATE
@@ -85,3 +86,28 @@ def test_init_shows_no_host_paths(make_enclave):
     # virtual environment and launcher code.
     result = make_enclave("environment").run("head", "/proc/1/cmdline")
     assert result.stdout == "head pylos-init", result.stdout
+
+
+def _unknown_library(root: Path) -> None:
+    source = root / "unknown.c"
+    source.write_text("int answer(void) { return 42; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(root / "unknown.so"), str(source)],
+                   check=True)
+
+
+def test_unknown_library_maps_under_allow_all_but_log(make_enclave):
+    # Gramine's debugging policy lets unknown files be used, libraries included (logged).
+    enclave = make_enclave("dlopen", extra='sgx.file_check_policy = "allow_all_but_log"\n',
+                           log_level="warning")
+    _unknown_library(enclave.root)
+    result = enclave.run("/unknown.so")
+    assert result.stdout == "answer 42\n", result.stdout + result.stderr
+    assert "Allowing access to unknown file '/unknown.so' due to file_check_policy." \
+        in result.stderr
+
+
+def test_unknown_library_is_refused_under_strict(make_enclave):
+    enclave = make_enclave("dlopen")
+    _unknown_library(enclave.root)
+    result = enclave.run("/unknown.so")
+    assert result.returncode == 1 and result.stdout.startswith("dlopen failed"), result.stdout

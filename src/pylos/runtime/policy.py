@@ -115,13 +115,7 @@ class TrustedFiles:
             plain = self._decrypt(fd, host_path) if self._decrypt is not None else None
             if plain is not None:  # verified as plaintext, served as plaintext
                 return self._seal_plaintext(memfd, plain, host_path, expected, key)
-            offset = 0
-            while offset < key.size:
-                sent = os.sendfile(memfd, fd, offset, key.size - offset)
-                if sent == 0:
-                    break
-                offset += sent
-            if FileKey.from_stat(os.fstat(fd)) != key or offset != key.size:
+            if not _copy_whole(fd, memfd, key):
                 raise PolicyError(errno.EPERM, f"Trusted file '{host_path}' changed while it was "
                                   "being verified")
             # Hashed from the copy every run, as Gramine hashes inside the enclave: no cache
@@ -163,6 +157,17 @@ class TrustedFiles:
         return verified
 
 
+def _copy_whole(source: int, memfd: int, key: FileKey) -> bool:
+    """Copy `source` (of size key.size) into `memfd`; False if it changed meanwhile."""
+    offset = 0
+    while offset < key.size:
+        sent = os.sendfile(memfd, source, offset, key.size - offset)
+        if sent == 0:
+            break
+        offset += sent
+    return FileKey.from_stat(os.fstat(source)) == key and offset == key.size
+
+
 class FilePolicy:
     def __init__(self, trusted: TrustedFiles, writable_mounts: set[int], private_mounts: set[int],
                  allow_all_but_log: bool, log: Callable[[str, str], None],
@@ -174,6 +179,20 @@ class FilePolicy:
         self.private_mounts = private_mounts
         self.allow_all_but_log = allow_all_but_log
         self._log = log
+        self._unknown_copies: dict[FileKey, int] = {}
+
+    def _unknown_copy(self, fd: int, st: os.stat_result) -> int:
+        """A sealed memfd of an unknown file's bytes (once per file version)."""
+        key = FileKey.from_stat(st)
+        memfd = self._unknown_copies.get(key)
+        if memfd is None:
+            memfd = os.memfd_create("pylos-unknown", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            if not _copy_whole(fd, memfd, key):
+                os.close(memfd)
+                raise PolicyError(errno.EAGAIN, "an unknown file changed while it was copied")
+            fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, SEALS)
+            self._unknown_copies[key] = memfd
+        return memfd
 
     def identity_device(self, fd: int, name: str) -> None:
         """Identity mode: raise PolicyError unless the device node `fd` is a harmless one."""
@@ -221,6 +240,11 @@ class FilePolicy:
         if self.allow_all_but_log:
             self._log("warning", f"Allowing access to unknown file '{name}' due to "
                       "file_check_policy.")
+            if flags & os.O_ACCMODE == os.O_RDONLY and not flags & (os.O_TRUNC | os.O_APPEND):
+                # Host binds are noexec: a copy, so that an unknown library maps executable
+                # (dlopen), as Gramine lets it under this policy.
+                return Admitted(self._unknown_copy(fd, st), "unknown, allowed by "
+                                "file_check_policy (a copy)")
             return Admitted(fd, "unknown, allowed by file_check_policy")
         raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}'; file is not "
                           "allowed.")
