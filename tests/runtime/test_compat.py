@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import socket
 import subprocess
 from pathlib import Path
+
+from pylos.runtime.syscalls.table import SYSCALLS
 
 from runtime_support import TEMPLATE
 
@@ -111,3 +114,39 @@ def test_unknown_library_is_refused_under_strict(make_enclave):
     _unknown_library(enclave.root)
     result = enclave.run("/unknown.so")
     assert result.returncode == 1 and result.stdout.startswith("dlopen failed"), result.stdout
+
+
+def test_process_creation_can_be_mocked(make_enclave):
+    # Gramine's sys.debug__mock_syscalls answers fork, vfork and clone without running them.
+    fork, vfork, clone = SYSCALLS["fork"], SYSCALLS["vfork"], SYSCALLS["clone"]
+    enclave = make_enclave("syscalls", extra=(
+        'sys.debug__mock_syscalls = [ { name = "fork", return = -11 }, '
+        '{ name = "vfork", return = -38 }, { name = "clone", return = 77 } ]\n'))
+    assert enclave.run(str(fork)).stdout == f"syscall {fork} = -1 errno EAGAIN\n"
+    assert enclave.run(str(vfork)).stdout == f"syscall {vfork} = -1 errno ENOSYS\n"
+    assert enclave.run(str(clone)).stdout == f"syscall {clone} = 77 errno 0\n"
+
+
+def test_device_passthrough_with_dev_uri(make_enclave):
+    enclave = make_enclave("fsops", extra="")
+    enclave.render(template=TEMPLATE.replace(
+        '  { type = "tmpfs", path = "/tmp" },\n',
+        '  { type = "tmpfs", path = "/tmp" },\n  { path = "/dev/passed", uri = "dev:/dev/full" },\n'
+        '  { path = "/devices/zero", uri = "dev:/dev/zero" },\n'))
+    before = os.stat("/dev/full")
+    result = enclave.run("write", "/dev/passed", "read", "/dev/passed", "read", "/devices/zero",
+                         "chmod", "/dev/passed", "600")
+    # /dev/full: reads work, writes answer ENOSPC: the host's device itself
+    assert result.stdout == "write No space left on device\nread ok\nread ok\nchmod EROFS\n", \
+        result.stderr
+    assert os.stat("/dev/full").st_mode == before.st_mode
+
+
+def test_dev_uri_of_something_else_is_refused(make_enclave):
+    enclave = make_enclave("fsops")
+    enclave.render(template=TEMPLATE.replace(
+        '  { type = "tmpfs", path = "/tmp" },\n',
+        '  { type = "tmpfs", path = "/tmp" },\n  { path = "/dev/x", uri = "dev:/etc/passwd" },\n'))
+    result = enclave.run("read", "/dev/x")
+    assert result.returncode != 0 and result.stdout == ""
+    assert "fs.mounts: 'dev:/etc/passwd' (at /dev/x) is not a character device" in result.stderr

@@ -99,6 +99,10 @@ def _mount(table: dict, key: str, cwd: Path, path: str) -> Mount:
     uri = table.get("uri")
     if kind == "tmpfs":
         host = None
+    elif kind == "chroot" and isinstance(uri, str) and uri.startswith("dev:"):
+        kind, host = "device", os.path.normpath(uri[len("dev:"):])  # Gramine's passthrough
+        if not host.startswith("/"):
+            raise PylosError(f"{key}.uri: a dev: URI names an absolute host path, got {uri!r}")
     elif uri is None:
         raise PylosError(f"{key}.uri: required for a {kind} mount")
     else:

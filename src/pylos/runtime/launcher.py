@@ -132,15 +132,18 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
     for name, handler in trapped.items():
         actions[SYSCALLS[name]] = seccomp.RET_USER_NOTIF
         handlers[SYSCALLS[name]] = handler
+    rules: list[seccomp.ArgRule | seccomp.SizeRule] = []
     clone = SYSCALLS["clone"]
-    handlers[clone] = processes.handle_clone
-    thread_action = seccomp.RET_USER_NOTIF if config.max_threads is not None else seccomp.RET_ALLOW
-    process_action = (seccomp.RET_USER_NOTIF if config.disallow_subprocesses
-                      else seccomp.RET_ALLOW)
-    rule = seccomp.ArgRule(clone, 0, ((CLONE_NAMESPACE_FLAGS, seccomp.errno_action(errno.EPERM)),
-                                      (processes.CLONE_THREAD, thread_action)), process_action)
-    actions.pop(clone, None)
-    rules: list[seccomp.ArgRule | seccomp.SizeRule] = [rule]
+    if "clone" not in config.mock_syscalls:  # a mocked clone never runs: nothing to judge
+        handlers[clone] = processes.handle_clone
+        thread_action = (seccomp.RET_USER_NOTIF if config.max_threads is not None
+                         else seccomp.RET_ALLOW)
+        process_action = (seccomp.RET_USER_NOTIF if config.disallow_subprocesses
+                          else seccomp.RET_ALLOW)
+        rules.append(seccomp.ArgRule(
+            clone, 0, ((CLONE_NAMESPACE_FLAGS, seccomp.errno_action(errno.EPERM)),
+                       (processes.CLONE_THREAD, thread_action)), process_action))
+        actions.pop(clone, None)
     if SYSCALLS["mmap"] not in actions:
         rules.append(seccomp.SizeRule(SYSCALLS["mmap"], 3, memory.MAP_ANONYMOUS, 1,
                                       memory.LARGE_MMAP, seccomp.RET_USER_NOTIF))
@@ -201,8 +204,15 @@ def view_plan(config: EnclaveConfig) -> ViewPlan:
 
     entries: list[tuple[str, Bind | str]] = []
     synthesized = {}
+    devices = {}
     for mount in config.mounts:
-        if mount.type == "tmpfs":
+        if mount.type == "device":
+            assert mount.host is not None
+            if not stat.S_ISCHR(_stat_or_none(mount.host)):
+                raise PylosError(f"fs.mounts: 'dev:{mount.host}' (at {mount.path}) is not a "
+                                 "character device on this host")
+            devices[mount.path] = mount.host
+        elif mount.type == "tmpfs":
             entries.append((mount.path, mount.path))
         elif mount.type == "encrypted":  # a placeholder for init's FUSE mount (runtime/fs)
             if encrypted_is_file(mount):
@@ -231,7 +241,16 @@ def view_plan(config: EnclaveConfig) -> ViewPlan:
         binds=[entry for _, entry in entries],
         loader_search=[*search, "/lib", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"],
         synthesized=synthesized,
+        devices=devices,
     )
+
+
+def _stat_or_none(path: str) -> int:
+    """The mode of `path`, 0 when it does not exist."""
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
 
 
 def view_rules(config: EnclaveConfig, plan: ViewPlan) -> tuple[tuple[str, int], ...]:
@@ -256,6 +275,8 @@ def view_rules(config: EnclaveConfig, plan: ViewPlan) -> tuple[tuple[str, int], 
     # mount, whose server starts only after the program has confined itself.
     rules += [(path, landlock.WRITABLE) for path in private
               if not any(path.startswith(outer.rstrip("/") + "/") for outer in private)]
+    rules += [(path, landlock.READ_FILE | landlock.WRITE_FILE | landlock.TRUNCATE
+               | landlock.IOCTL_DEV) for path in plan.devices]
     return (*rules, *landlock.DEVICES_AND_PROC)
 
 

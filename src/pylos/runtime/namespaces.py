@@ -100,6 +100,7 @@ class ViewPlan:
     binds: list[Bind | str] = field(default_factory=list)  # a str entry is a tmpfs path
     loader_search: list[str] = field(default_factory=list)
     synthesized: dict[str, bytes] = field(default_factory=dict)  # path -> content (read-only)
+    devices: dict[str, str] = field(default_factory=dict)  # path -> host device node (dev:)
 
 
 @dataclass
@@ -231,8 +232,15 @@ class ViewBuilder:
         _check(_libc.umount2(staging.encode(), MNT_DETACH), "umount staging")
         os.rmdir(staging)
 
-    def finish(self, loader_search: list[str]) -> None:
+    def finish(self, loader_search: list[str], devices: dict[str, str]) -> None:
         self._make_dev()
+        for path, host in devices.items():  # after /dev, which may hold them
+            self.ensure(path, False)
+            self.host_binds.pop(path, None)
+            mount(host, self.real(path), None, MS_BIND)
+            # Read-only bind: the device's data stays readable and writable, its host inode's
+            # metadata does not (chmod would change the host's node).
+            self.restrict(self.real(path))
         self._make_exec_staging()
         self.ensure("/proc", True)
         self.host_binds.pop("/proc", None)
@@ -367,7 +375,7 @@ def build_view(plan: ViewPlan, newroot: str, start_dir: str) -> ViewResult:
             builder.bind(entry.host, entry.path, entry.writable)
     # Skeletons end read-only: new files go to tmpfs mounts or allowed directories.
     builder.synthesize(plan.synthesized)
-    builder.finish(plan.loader_search)
+    builder.finish(plan.loader_search, plan.devices)
     os.chdir(newroot)
     _check(_libc.syscall(SYSCALLS["pivot_root"], b".", b"."), "pivot_root")
     _check(_libc.umount2(b".", MNT_DETACH), "umount old root")
