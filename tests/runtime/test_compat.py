@@ -150,3 +150,8 @@ def test_dev_uri_of_something_else_is_refused(make_enclave):
     result = enclave.run("read", "/dev/x")
     assert result.returncode != 0 and result.stdout == ""
     assert "fs.mounts: 'dev:/etc/passwd' (at /dev/x) is not a character device" in result.stderr
+
+
+def test_locks_hold_across_processes(make_enclave):
+    result = make_enclave("environment").run("locks", "/data/lock", "locks", "/tmp/lock")
+    assert result.stdout == "locks held off the other process\n" * 2, result.stderr

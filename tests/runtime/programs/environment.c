@@ -1,13 +1,16 @@
 /* What the program sees of its environment, one line each: hostname, the open-files limit
  * (and whether it may raise its soft limit to the hard one), the first line of a file, and
  * opens with O_CREAT in O_RDONLY mode.
- *   hostname | nofile | head PATH | create-rdonly PATH */
+ * and whether flock and fcntl locks held by one process hold off another.
+ *   hostname | nofile | head PATH | create-rdonly PATH | locks PATH */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
@@ -33,6 +36,24 @@ int main(int argc, char **argv) {
                 printf("head %s", line);
             else
                 printf("head (empty)\n");
+        } else if (!strcmp(op, "locks") && i + 1 < argc) {
+            const char *path = argv[++i];
+            int fd = open(path, O_RDWR | O_CREAT, 0644);
+            struct flock whole = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+            int held = flock(fd, LOCK_EX) == 0 && fcntl(fd, F_SETLK, &whole) == 0;
+            pid_t child = fork();
+            if (child == 0) {
+                int other = open(path, O_RDWR);
+                int flock_blocked = flock(other, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+                struct flock probe = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+                int fcntl_blocked = fcntl(other, F_SETLK, &probe) != 0 &&
+                                    (errno == EAGAIN || errno == EACCES);
+                _exit(flock_blocked && fcntl_blocked ? 0 : 1);
+            }
+            int status;
+            waitpid(child, &status, 0);
+            printf("locks %s\n", held && WIFEXITED(status) && WEXITSTATUS(status) == 0
+                   ? "held off the other process" : "not held");
         } else if (!strcmp(op, "create-rdonly") && i + 1 < argc) {
             int fd = open(argv[++i], O_RDONLY | O_CREAT, 0644);
             printf("create-rdonly %s\n", fd >= 0 ? "ok" : strerrorname_np(errno));
