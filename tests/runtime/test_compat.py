@@ -11,6 +11,7 @@ from pathlib import Path
 from pylos.runtime.syscalls.table import SYSCALLS
 
 from runtime_support import TEMPLATE
+from support import PYLOS
 
 
 def test_hostname_is_localhost(make_enclave):
@@ -155,3 +156,12 @@ def test_dev_uri_of_something_else_is_refused(make_enclave):
 def test_locks_hold_across_processes(make_enclave):
     result = make_enclave("environment").run("locks", "/data/lock", "locks", "/tmp/lock")
     assert result.stdout == "locks held off the other process\n" * 2, result.stderr
+
+
+def test_environment_is_the_manifests_only(make_enclave):
+    enclave = make_enclave("environment", extra='loader.env.GIVEN = "yes"\n')
+    result = subprocess.run([PYLOS, "run", "app", "environ"], cwd=enclave.root,
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "LC_CTYPE": "C.UTF-8", "HOST_SECRET": "leak"})
+    assert sorted(result.stdout.splitlines()) == [
+        "environ GIVEN=yes", "environ LD_LIBRARY_PATH=/lib"], result.stderr

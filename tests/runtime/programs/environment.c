@@ -2,7 +2,7 @@
  * (and whether it may raise its soft limit to the hard one), the first line of a file, and
  * opens with O_CREAT in O_RDONLY mode.
  * and whether flock and fcntl locks held by one process hold off another.
- *   hostname | nofile | head PATH | create-rdonly PATH | locks PATH */
+ *   hostname | nofile | head PATH | create-rdonly PATH | locks PATH | environ */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -36,6 +36,9 @@ int main(int argc, char **argv) {
                 printf("head %s", line);
             else
                 printf("head (empty)\n");
+        } else if (!strcmp(op, "environ")) {
+            for (char **entry = environ; *entry; entry++)
+                printf("environ %s\n", *entry);
         } else if (!strcmp(op, "locks") && i + 1 < argc) {
             const char *path = argv[++i];
             int fd = open(path, O_RDWR | O_CREAT, 0644);
