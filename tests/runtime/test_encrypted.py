@@ -236,3 +236,13 @@ def test_nested_encrypted_mounts_each_with_its_key(encrypted):
     assert decrypt(inner, "enc/inner/secret.txt", bytes.fromhex(inner_key)) == b"inner"
     with pytest.raises(PfError):
         decrypt(inner, "enc/inner/secret.txt")  # not under the outer key
+
+
+def test_chmod_is_kept(encrypted):
+    # A mode the program sets survives, in the run and in the next (0444 included: the FUSE
+    # server still reads the file, as root of the enclave's user namespace).
+    enclave = encrypted("fsops")
+    result = enclave.run("write", "/enc/ro", "chmod", "/enc/ro", "444", "read", "/enc/ro")
+    assert result.stdout == "write ok\nchmod ok\nread ok\n", result.stderr
+    assert (enclave.root / "enc" / "ro").stat().st_mode & 0o7777 == 0o444
+    assert enclave.run("read", "/enc/ro").stdout == "read ok\n"

@@ -305,7 +305,9 @@ class EncryptedFs(Driver):
     def setattr(self, ctx: Context, path: str, fh: int | None, *, size: int | None,
                 mode: int | None) -> None:
         if mode is not None and not path.startswith("\0"):
-            os.chmod(self.host(path), stat.S_IMODE(mode) | 0o600)
+            # The program's mode, kept as the host file's (the server, root of the enclave's
+            # user namespace, reads and writes whatever the mode says).
+            os.chmod(self.host(path), stat.S_IMODE(mode))
         if size is None:
             return
         if fh is not None and fh in self.handles:
