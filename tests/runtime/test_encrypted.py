@@ -4,6 +4,7 @@ the host (no plaintext), path binding, keys, and key material never in logs."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -246,3 +247,18 @@ def test_chmod_is_kept(encrypted):
     assert result.stdout == "write ok\nchmod ok\nread ok\n", result.stderr
     assert (enclave.root / "enc" / "ro").stat().st_mode & 0o7777 == 0o444
     assert enclave.run("read", "/enc/ro").stdout == "read ok\n"
+
+
+def test_links_sockets_and_fifos(encrypted):
+    # A file system, not just files: symbolic links, UNIX sockets bound there, FIFOs. Their
+    # data never reaches the host (the kernel keeps sockets and pipes); a link's target is
+    # plaintext on the host, as names are.
+    enclave = encrypted("nodes")
+    result = enclave.run("/enc", timeout=60)
+    assert result.stdout == ("symlink ok -> target, read 'through the link'\n"
+                             "socket read 4 'ping'\nfifo read 4 'pipe'\n"), result.stderr
+    enc = enclave.root / "enc"
+    assert os.readlink(enc / "link") == "target"
+    assert stat.S_ISSOCK((enc / "sock").lstat().st_mode)
+    assert stat.S_ISFIFO((enc / "fifo").lstat().st_mode)
+    assert b"through the link" not in (enc / "target").read_bytes()

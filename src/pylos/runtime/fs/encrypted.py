@@ -48,6 +48,9 @@ class OpenFile:
     refs: int = 0
 
 
+LISTED_TYPES = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFSOCK, stat.S_IFIFO)
+
+
 class EncryptedFs(Driver):
     """A directory (or one file) of protected files under one key."""
 
@@ -123,6 +126,10 @@ class EncryptedFs(Driver):
             raise
         if stat.S_ISDIR(st.st_mode):
             return self._attr(st, st.st_size)
+        if stat.S_ISLNK(st.st_mode):
+            return self._attr(st, len(os.readlink(self.host(path))))
+        if stat.S_ISSOCK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+            return self._attr(st, 0)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.ENOENT, "not a protected file")
         opened = self._open_by_stat(st)
@@ -160,7 +167,7 @@ class EncryptedFs(Driver):
                 if hidden(entry.name):
                     continue
                 mode = entry.stat(follow_symlinks=False).st_mode
-                if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                if stat.S_IFMT(mode) in LISTED_TYPES:
                     entries.append((entry.name, mode))
         return entries
 
@@ -330,6 +337,23 @@ class EncryptedFs(Driver):
         self._check_name(path)
         os.mkdir(self.host(path), mode | 0o700)
 
+    def mknod(self, ctx: Context, path: str, mode: int) -> None:
+        """A UNIX socket bound here, or a FIFO: a node of that type on the host (the kernel
+        keeps the socket or pipe itself; nothing of its data reaches the host)."""
+        self._check_name(path)
+        if not (stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode)):
+            raise OSError(errno.EPERM, "only sockets and FIFOs in an encrypted mount")
+        os.mknod(self.host(path), stat.S_IFMT(mode) | (stat.S_IMODE(mode) & 0o777))
+
+    def symlink(self, ctx: Context, path: str, target: bytes) -> None:
+        # Names are plaintext on the host, as in Gramine's protected files: so is a link's
+        # target. The kernel resolves it in the enclave's view, never on the host.
+        self._check_name(path)
+        os.symlink(target, self.host(path))
+
+    def readlink(self, ctx: Context, path: str) -> bytes:
+        return os.readlink(os.fsencode(self.host(path)))
+
     def unlink(self, ctx: Context, path: str) -> None:
         self._check_name(path)
         host = self.host(path)
@@ -358,6 +382,9 @@ class EncryptedFs(Driver):
         st = os.lstat(host_old)
         if noreplace and os.path.lexists(host_new):
             raise OSError(errno.EEXIST, new)
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            os.rename(host_old, host_new)  # a link, socket or FIFO: no content bound to a path
+            return
         if stat.S_ISDIR(st.st_mode):
             # Every file below is bound to its path: moving a non-empty directory would need
             # each one rewritten. EXDEV makes mv and friends copy instead, which re-binds them.

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # Opcodes (enum fuse_opcode).
-LOOKUP, FORGET, GETATTR, SETATTR = 1, 2, 3, 4
+LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK = 1, 2, 3, 4, 5, 6
 MKNOD, MKDIR, UNLINK, RMDIR, RENAME = 8, 9, 10, 11, 12
 OPEN, READ, WRITE, STATFS, RELEASE, FSYNC, FLUSH, INIT = 14, 15, 16, 17, 18, 20, 25, 26
 OPENDIR, READDIR, RELEASEDIR, FSYNCDIR, ACCESS, CREATE, INTERRUPT = 27, 28, 29, 30, 34, 35, 36
@@ -60,6 +60,7 @@ OPEN_IN = struct.Struct("<II")
 OPEN_OUT = struct.Struct("<QII")
 CREATE_IN = struct.Struct("<IIII")
 MKDIR_IN = struct.Struct("<II")
+MKNOD_IN = struct.Struct("<IIII")  # mode, rdev, umask, padding
 READ_IN = struct.Struct("<QQII")
 WRITE_IN = struct.Struct("<QQII")
 WRITE_IN_SIZE = 40
@@ -145,6 +146,16 @@ class Driver:
     def mkdir(self, ctx: Context, path: str, mode: int) -> None:
         raise OSError(errno.EPERM, "mkdir")
 
+    def mknod(self, ctx: Context, path: str, mode: int) -> None:
+        """A node that is not a regular file or directory (sockets bound there, FIFOs)."""
+        raise OSError(errno.EPERM, "mknod")
+
+    def symlink(self, ctx: Context, path: str, target: bytes) -> None:
+        raise OSError(errno.EPERM, "symlink")
+
+    def readlink(self, ctx: Context, path: str) -> bytes:
+        raise OSError(errno.EINVAL, "readlink")
+
     def unlink(self, ctx: Context, path: str) -> None:
         raise OSError(errno.EPERM, "unlink")
 
@@ -192,6 +203,7 @@ class FuseServer:
             OPENDIR: self._opendir, READDIR: self._readdir, RELEASEDIR: self._releasedir,
             FSYNCDIR: lambda _c, _n, _a: b"", MKDIR: self._mkdir, UNLINK: self._unlink,
             RMDIR: self._rmdir, RENAME: self._rename, RENAME2: self._rename2,
+            MKNOD: self._mknod, SYMLINK: self._symlink, READLINK: self._readlink,
             STATFS: self._statfs, INTERRUPT: lambda _c, _n, _a: None,
             DESTROY: lambda _c, _n, _a: b"",
         }
@@ -422,6 +434,21 @@ class FuseServer:
         path = _join(self._path(nodeid), self._name(args[MKDIR_IN.size:]))
         self.driver.mkdir(ctx, path, mode & ~umask & 0o7777)
         return self._entry(path, self.driver.getattr(ctx, path, None))
+
+    def _mknod(self, ctx: Context, nodeid: int, args: memoryview) -> bytes:
+        mode, _rdev, umask, _ = MKNOD_IN.unpack_from(args)
+        path = _join(self._path(nodeid), self._name(args[MKNOD_IN.size:]))
+        self.driver.mknod(ctx, path, mode & ~(umask & 0o777))
+        return self._entry(path, self.driver.getattr(ctx, path, None))
+
+    def _symlink(self, ctx: Context, nodeid: int, args: memoryview) -> bytes:
+        name, target = bytes(args).split(b"\0")[:2]  # the new name, then what it points to
+        path = _join(self._path(nodeid), name.decode("utf-8", "surrogateescape"))
+        self.driver.symlink(ctx, path, target)
+        return self._entry(path, self.driver.getattr(ctx, path, None))
+
+    def _readlink(self, ctx: Context, nodeid: int, _args: memoryview) -> bytes:
+        return self.driver.readlink(ctx, self._path(nodeid))
 
     def _unlink(self, ctx: Context, nodeid: int, args: memoryview) -> bytes:
         path = _join(self._path(nodeid), self._name(args))
