@@ -165,3 +165,23 @@ def test_environment_is_the_manifests_only(make_enclave):
                             env={**os.environ, "LC_CTYPE": "C.UTF-8", "HOST_SECRET": "leak"})
     assert sorted(result.stdout.splitlines()) == [
         "environ GIVEN=yes", "environ LD_LIBRARY_PATH=/lib"], result.stderr
+
+
+def test_mount_tables_name_no_host_paths(make_enclave):
+    enclave = make_enclave("environment")
+    result = enclave.run("cat", "/proc/self/mountinfo", "cat", "/proc/mounts")
+    assert result.returncode == 0, result.stderr
+    assert str(enclave.root) not in result.stdout  # the host directories behind the binds
+    lines = result.stdout.splitlines()
+    assert any(line.split()[4] == "/app" and line.split()[3] == "/" for line in lines)
+    assert any(line.startswith("none /data ") for line in lines)  # /proc/mounts
+
+
+def test_proc_links_into_self_name_the_program(make_enclave):
+    # /proc/mounts and /proc/net are procfs links into /proc/self: the program's.
+    result = make_enclave("environment").run("head", "/proc/net/tcp", "head", "/proc/net/unix",
+                                             "head", "/proc/mounts")
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["head", "sl", "local_address"], result.stdout
+    assert lines[1].split()[:3] == ["head", "Num", "RefCount"], result.stdout
+    assert lines[2].startswith("head none / "), result.stdout

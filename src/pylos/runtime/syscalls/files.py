@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pylos.runtime.fs.procfs import mount_table, sanitized_copy
 from pylos.runtime.identity import foreign_process_entry
 from pylos.runtime.policy import PolicyError
 from pylos.runtime.target import (
@@ -120,9 +121,16 @@ def _umask(pid: int) -> int:
     return 0o022
 
 
+# procfs's own links into /proc/self (`mounts -> self/mounts`, `net -> self/net`): resolved
+# by the supervisor they would name its process, which the enclave's /proc does not show.
+PROC_SELF_LINKS = (b"mounts", b"net")
+
+
 def _rewrite_proc_self(pid: int, path: bytes) -> bytes:
     """`/proc/self` in the view means the program, not the supervisor reading for it."""
     head, _, rest = path[len(b"/proc/"):].partition(b"/")
+    if path.startswith(b"/proc/") and head in PROC_SELF_LINKS:
+        head, rest = b"self", head + (b"/" + rest if rest else b"")
     if path.startswith(b"/proc/") and head in (b"self", b"thread-self"):
         ns_pid = str(namespace_pid(pid)).encode()
         base = b"/proc/" + ns_pid
@@ -465,6 +473,11 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
                               "process's /proc entry")
         served, verdict = (fd, "reopen of its own descriptor") if within_rights else (
             sup.policy.admit(fd, st, name, flags))
+        if served == fd and st.st_size == 0 and stat.S_ISREG(st.st_mode) and not pending:
+            table = mount_table(os.readlink(f"/proc/self/fd/{fd}"))
+            if table is not None:  # procfs files are empty by stat
+                served = fd = sanitized_copy(fd, table)
+                verdict = "the enclave's mount table, without host paths"
         if served != fd:
             # A verified copy: a fresh open file description each time (own offset).
             os.close(fd)
