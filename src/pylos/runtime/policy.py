@@ -157,6 +157,11 @@ class TrustedFiles:
         return verified
 
 
+def _writes(flags: int) -> bool:
+    """Whether an open with `flags` may change the file."""
+    return bool(flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND))
+
+
 def _copy_whole(source: int, memfd: int, key: FileKey) -> bool:
     """Copy `source` (of size key.size) into `memfd`; False if it changed meanwhile."""
     offset = 0
@@ -194,9 +199,11 @@ class FilePolicy:
             self._unknown_copies[key] = memfd
         return memfd
 
-    def identity_device(self, fd: int, name: str) -> None:
-        """Identity mode: raise PolicyError unless the device node `fd` is a harmless one."""
-        assert self.identity is not None
+    def refuse_host_device(self, fd: int, st: os.stat_result, name: str) -> None:
+        """Identity mode: raise PolicyError if `fd` is a device node other than the harmless
+        ones (namespace mode: the view holds only those)."""
+        if self.identity is None or not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            return
         if not self.identity.allows_device(os.readlink(f"/proc/self/fd/{fd}")):
             raise PolicyError(errno.EACCES, f"Disallowing access to device '{name}': only "
                               "/dev/null, zero, full, random, urandom and terminals are served "
@@ -209,12 +216,11 @@ class FilePolicy:
         Raises PolicyError when the open must fail. `fd` stays owned by the caller.
         """
         mode = st.st_mode
-        if self.identity is not None and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
-            self.identity_device(fd, name)
+        self.refuse_host_device(fd, st, name)
         if not stat.S_ISREG(mode):
             return Admitted(fd, "not a regular file")  # directories, devices, fifos, sockets
         if (st.st_dev, st.st_ino) in self.trusted.staged:
-            if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+            if _writes(flags):
                 raise PolicyError(errno.EACCES, f"Disallowing write/append to a trusted file "
                                   f"'{name}'")
             return Admitted(fd, "trusted, staged verified copy")  # immutable
@@ -222,7 +228,7 @@ class FilePolicy:
         entry = self.trusted.lookup(st, fd)
         if entry is not None:
             host_path, expected = entry
-            if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+            if _writes(flags):
                 raise PolicyError(errno.EACCES, f"Disallowing write/append to a trusted file "
                                   f"'{name}'")
             return Admitted(self.trusted.verified_copy(fd, host_path, expected, st).memfd,
@@ -233,14 +239,14 @@ class FilePolicy:
         if mnt_id in self.private_mounts:
             return Admitted(fd, "enclave-private (tmpfs, /proc)")
         if self.identity is not None:
-            writes = flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND)
+            writes = _writes(flags)
             where = os.readlink(f"/proc/self/fd/{fd}")
             if self.identity.allows(where) if writes else self.identity.allows_reading(where):
                 return Admitted(fd, "allowed")
         if self.allow_all_but_log:
             self._log("warning", f"Allowing access to unknown file '{name}' due to "
                       "file_check_policy.")
-            if flags & os.O_ACCMODE == os.O_RDONLY and not flags & (os.O_TRUNC | os.O_APPEND):
+            if not _writes(flags):
                 # Host binds are noexec: a copy, so that an unknown library maps executable
                 # (dlopen), as Gramine lets it under this policy.
                 return Admitted(self._unknown_copy(fd, st), "unknown, allowed by "

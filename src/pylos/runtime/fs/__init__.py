@@ -59,8 +59,7 @@ def fuse_mounts(config: EnclaveConfig) -> list[FuseMount]:
         # Inside another encrypted directory, a mount whose host path is missing is a
         # directory (made through the outer mount, as Gramine's tests expect of
         # /tmp_enc/mrenclaves); elsewhere a missing path is a file made on first open.
-        inside = any(not outer.is_file and m.path.startswith(outer.path.rstrip("/") + "/")
-                     for outer in mounts)
+        inside = _inside_a_directory_mount(m.path, mounts)
         is_file = encrypted_is_file(m) and not (inside and not os.path.lexists(m.host or ""))
         mounts.append(FuseMount(m.path, "encrypted", is_file, m))
     return [*mounts, FuseMount(ATTESTATION_PATH, "attestation")]
@@ -101,9 +100,12 @@ def _fuse_hint() -> str:
 def is_nested(mounts: list[FuseMount], index: int) -> bool:
     """Whether mount `index` lies inside an earlier FUSE directory mount (Gramine manifests
     often have `/tmp_enc` and `/tmp_enc/mrenclaves`, each with its own key)."""
-    path = mounts[index].path
+    return _inside_a_directory_mount(mounts[index].path, mounts[:index])
+
+
+def _inside_a_directory_mount(path: str, outers: list[FuseMount]) -> bool:
     return any(not outer.is_file and path.startswith(outer.path.rstrip("/") + "/")
-               for outer in mounts[:index])
+               for outer in outers)
 
 
 def mount_all(mounts: list[FuseMount], fds: list[int], uid: int, gid: int,

@@ -13,8 +13,9 @@ import fcntl
 import os
 import re
 
+from pylos.runtime.policy import SEALS
+
 MOUNT_TABLE = re.compile(r"^/proc/(?:\d+|self|thread-self)(?:/task/\d+)?/(mountinfo|mounts)$")
-SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
 
 def mount_table(path: str) -> str | None:

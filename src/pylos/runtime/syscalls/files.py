@@ -343,9 +343,7 @@ def _refuse_host_device(sup: Supervisor, pid: int, dirfd: int, path: bytes, flag
     except OSError:
         return  # the open itself says why
     try:
-        st = os.fstat(probe)
-        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            sup.policy.identity_device(probe, name)
+        sup.policy.refuse_host_device(probe, os.fstat(probe), name)
     finally:
         os.close(probe)
 
@@ -389,8 +387,7 @@ def _open_judged_by_path(sup: Supervisor, pid: int, dirfd: int, path: bytes, fla
             if not policy.allows(os.readlink(f"/proc/self/fd/{probe}")):
                 raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}'; file is "
                                   "not allowed.")
-        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            sup.policy.identity_device(probe, name)  # before an open that could act
+        sup.policy.refuse_host_device(probe, st, name)  # before an open that could act
         # FIFOs and sockets write nothing to the host's file system.
         return os.open(str(probe), (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW))
                        | os.O_CLOEXEC, dir_fd=_own_fds())
