@@ -8,11 +8,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pylos.errors import InputError, PylosError, about
+
+if TYPE_CHECKING:
+    from pylos.attest.verify import Policy
 
 MAX_TIME = 253402300799  # 9999-12-31 23:59:59 UTC: what dcap-qvl and the messages take
 TCB_CHOICES = ("SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
@@ -222,22 +225,9 @@ def ratls_verify_cmd(cert: Path, **kw: Any) -> None:
 
     Exit status: 0 verified, 1 rejected (malformed, or not to be trusted; one ERROR: line says
     why), 2 usage error (bad option or RA_TLS_* value, unreadable file)."""
-    from pylos.attest.ratls import (
-        PolicyMissing,
-        extract_evidence,
-        load_certificate,
-        policy_from_env,
-        verify_certificate,
-    )
+    from pylos.attest.ratls import extract_evidence, load_certificate, verify_certificate
 
-    try:  # usage errors first
-        policy = _policy(kw) if _policy_given(kw) else policy_from_env()
-    except PolicyMissing as exc:
-        raise PylosError(f"{exc} Give the policy as options (--mrenclave HEX, --mrsigner HEX, "
-                         "--isv-prodid N, --isv-svn N, --report-data HEX; --allow-simulated for "
-                         "pylos evidence) or set RA_TLS_MRENCLAVE, RA_TLS_MRSIGNER, "
-                         "RA_TLS_ISV_PROD_ID and RA_TLS_ISV_SVN (`any` skips one), as in "
-                         "Gramine.") from None
+    policy = _ratls_policy(kw)  # usage errors first
     collateral = _collateral(kw)
     certificate = load_certificate(_read(cert, "certificate"), str(cert))
     evidence = extract_evidence(certificate, str(cert))
@@ -252,6 +242,20 @@ def ratls_verify_cmd(cert: Path, **kw: Any) -> None:
         collateral=collateral, now=kw["now"], source=str(cert),
         collateral_source=_collateral_source(kw))
     _print_verdict(result.verified)
+
+
+def _ratls_policy(kw: dict[str, Any]) -> Policy:
+    """The policy from the options or, without any, from Gramine's RA_TLS_* variables."""
+    from pylos.attest.ratls import PolicyMissing, policy_from_env
+
+    try:
+        return _policy(kw) if _policy_given(kw) else policy_from_env()
+    except PolicyMissing as exc:
+        raise PylosError(f"{exc} Give the policy as options (--mrenclave HEX, --mrsigner HEX, "
+                         "--isv-prodid N, --isv-svn N, --report-data HEX; --allow-simulated for "
+                         "pylos evidence) or set RA_TLS_MRENCLAVE, RA_TLS_MRSIGNER, "
+                         "RA_TLS_ISV_PROD_ID and RA_TLS_ISV_SVN (`any` skips one), as in "
+                         "Gramine.") from None
 
 
 @ratls_group.command("connect")
@@ -275,20 +279,12 @@ def ratls_connect_cmd(address: str, ca: Path | None, timeout: float, as_json: bo
     import socket
     import ssl
 
-    from pylos.attest.ratls import PolicyMissing, client_context, verify_peer
+    from pylos.attest.ratls import client_context, verify_peer
 
     host, _, port_text = address.rpartition(":")
     if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise PylosError(f"{address!r}: expected HOST:PORT (e.g. localhost:4433)")
-    try:
-        policy = _policy(kw) if _policy_given(kw) else None
-        if policy is None:
-            from pylos.attest.ratls import policy_from_env
-
-            policy = policy_from_env()
-    except PolicyMissing as exc:
-        raise PylosError(f"{exc} Give the policy as options (--mrenclave HEX, --mrsigner HEX, "
-                         "--isv-prodid N, --isv-svn N) or set the RA_TLS_* variables.") from None
+    policy = _ratls_policy(kw)
     context = client_context()
     if ca is not None:
         _read(ca, "CA certificate")

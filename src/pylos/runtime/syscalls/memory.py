@@ -16,6 +16,8 @@ import errno
 import os
 from typing import TYPE_CHECKING
 
+from pylos.runtime.target import read_path
+
 if TYPE_CHECKING:
     from pylos.runtime.seccomp import Notification
     from pylos.runtime.supervisor import Supervisor
@@ -79,8 +81,6 @@ def handle_memfd_create(sup: Supervisor, n: Notification) -> None:
     so every memfd gets MFD_NOEXEC_SEAL (mode without x bits, F_SEAL_EXEC), and MFD_EXEC is
     refused with EACCES, as that sysctl does. Everything else is the program's memfd.
     """
-    from pylos.runtime.target import read_path
-
     flags = n.args[1] & 0xFFFFFFFF
     sizes_ok = flags & MFD_HUGETLB or not flags & MFD_HUGE_SIZES
     if flags & ~(MFD_FLAGS | MFD_HUGE_SIZES) or not sizes_ok or (
