@@ -8,6 +8,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from pylos.runtime.syscalls.table import SYSCALLS
 
 from runtime_support import TEMPLATE
@@ -185,3 +187,78 @@ def test_proc_links_into_self_name_the_program(make_enclave):
     assert lines[0].split()[:3] == ["head", "sl", "local_address"], result.stdout
     assert lines[1].split()[:3] == ["head", "Num", "RefCount"], result.stdout
     assert lines[2].startswith("head none / "), result.stdout
+
+
+def test_ids_other_than_the_programs_own(make_enclave):
+    # Gramine: root may chown to any ids, switch to any uid/gid and set any groups. pylos
+    # maps a range of ids when the host allows it (pylos run as root).
+    if os.geteuid() != 0:
+        pytest.skip("a range of ids needs pylos run as root (one id is mapped otherwise)")
+    enclave = make_enclave("credentials")
+    (enclave.root / "data" / "theirs.txt").write_text("theirs\n")
+    (enclave.root / "data" / "moved.txt").write_text("moved\n")
+    result = enclave.run(
+        "chown", "/data/theirs.txt", "1000", "1000", "chown", "/data/moved.txt", "2000", "3000",
+        "rename", "/data/moved.txt", "/data/renamed.txt", "setgroups", "10,20", "setgid", "1000",
+        "setuid", "1000", "write", "/data/theirs.txt", "write", "/data/renamed.txt")
+    assert result.stdout.splitlines() == [
+        "chown ok 1000:1000", "chown ok 2000:3000", "rename ok", "setgroups ok 10 20",
+        # Gramine checks the owner's permission bits only, whoever the program is now
+        "setgid ok 1000/1000", "setuid ok 1000/1000", "write ok", "write ok"], result.stderr
+    # on the host the ids are the enclave's own range, never host users' ids
+    owner = (enclave.root / "data" / "theirs.txt").stat()
+    assert owner.st_uid not in (0, 1000) and owner.st_uid == owner.st_gid
+    renamed = (enclave.root / "data" / "renamed.txt").stat()
+    assert (renamed.st_uid - owner.st_uid, renamed.st_gid - owner.st_gid) == (1000, 2000)
+
+
+def test_gramine_errnos_of_mounts_and_scheduling(make_enclave):
+    result = make_enclave("credentials").run("rmdir", "/lib", "rmdir", "/app", "affinity",
+                                             "opath", "/", "opath", "/trusted.txt")
+    assert result.stdout.splitlines() == [
+        "rmdir EACCES", "rmdir ENOTDIR", "affinity ok 1", "opath ok", "opath ok"], result.stderr
+
+
+def test_alternatives_link_out_of_the_mount_resolves_by_the_host_path(make_enclave):
+    # Debian's alternatives: libs/libanswer.so -> <host>/alternatives/libanswer.so ->
+    # libs/impl/libanswer.so. The middle link is not in the view; Gramine follows the chain
+    # by the host path because the file it ends at is trusted.
+    enclave = make_enclave("dlopen")
+    libs = enclave.root / "libs"
+    (libs / "impl").mkdir(parents=True)
+    _unknown_library(enclave.root)
+    (enclave.root / "unknown.so").rename(libs / "impl" / "libanswer.so")
+    (enclave.root / "alternatives").mkdir()
+    (enclave.root / "alternatives" / "libanswer.so").symlink_to(libs / "impl" / "libanswer.so")
+    (libs / "libanswer.so").symlink_to(enclave.root / "alternatives" / "libanswer.so")
+    (libs / "libuntrusted.so").symlink_to(enclave.root / "alternatives" / "libanswer.so")
+    mounts = '  { path = "/libs", uri = "file:libs" },\n  { type = "tmpfs", path = "/tmp" },\n'
+    template = TEMPLATE.replace('  { type = "tmpfs", path = "/tmp" },\n', mounts)
+    enclave.render(template=template.replace(
+        '  "file:trusted.txt",\n', '  "file:trusted.txt",\n  "file:libs/impl/libanswer.so",\n'))
+    assert enclave.run("/libs/libanswer.so").stdout == "answer 42\n"
+    # a link whose chain ends at a file trusted under another name is no way around the list
+    (libs / "impl" / "libanswer.so").rename(libs / "impl" / "moved.so")
+    (enclave.root / "alternatives" / "libanswer.so").unlink()
+    (enclave.root / "alternatives" / "libanswer.so").symlink_to(enclave.root / "plain.txt")
+    result = enclave.run("/libs/libuntrusted.so")
+    assert result.returncode == 1 and result.stdout.startswith("dlopen failed"), result.stdout
+
+
+def test_mount_point_that_is_a_host_symlink(make_enclave):
+    # usrmerge: the host's /lib is a link to usr/lib; Gramine's manifests mount file:/lib.
+    if not os.path.islink("/lib"):
+        pytest.skip("this host's /lib is no symlink (no usrmerge)")
+    libc = Path(os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6"))
+    enclave = make_enclave("environment")
+    template = (TEMPLATE.replace('{ path = "/lib", uri = "file:{{ gramine.runtimedir() }}" }',
+                                 '{ path = "/lib", uri = "file:/lib" },\n'
+                                 '  { path = "/lib64", uri = "file:/lib64" }')
+                .replace('"file:{{ gramine.runtimedir() }}/"',
+                         '"file:/lib/x86_64-linux-gnu/libc.so.6", "file:/lib64/ld-linux-x86-64.so.2"')
+                .replace('LD_LIBRARY_PATH = "/lib"', 'LD_LIBRARY_PATH = "/lib/x86_64-linux-gnu"'))
+    enclave.render(template=template)
+    result = enclave.run("head", "/lib/x86_64-linux-gnu/libc.so.6", "head", "/usr/lib/x")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("head \x7fELF") and libc.exists()
+    assert result.stdout.endswith("head ENOENT\n")  # /usr is not in the view

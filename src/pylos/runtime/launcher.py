@@ -54,7 +54,7 @@ from pylos.runtime.namespaces import (
 )
 from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
-from pylos.runtime.syscalls import files, memory, metadata, processes
+from pylos.runtime.syscalls import directories, files, memory, metadata, processes
 from pylos.runtime.syscalls.table import SYSCALLS
 from pylos.runtime.watchdog import StartupStalled, StartupWatchdog, start_timeout
 
@@ -116,7 +116,7 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
         "open": files.handle_open, "openat": files.handle_openat,
         "openat2": files.handle_openat2, "creat": files.handle_creat,
         "execve": processes.handle_execve, "execveat": processes.handle_execveat,
-        "memfd_create": memory.handle_memfd_create,
+        "memfd_create": memory.handle_memfd_create, "rmdir": directories.handle_rmdir,
     }
     if config.disallow_subprocesses:
         trapped.update(fork=processes.refuse_subprocess, vfork=processes.refuse_subprocess)
@@ -133,6 +133,11 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
         actions[SYSCALLS[name]] = seccomp.RET_USER_NOTIF
         handlers[SYSCALLS[name]] = handler
     rules: list[seccomp.ArgRule | seccomp.SizeRule] = []
+    if "unlinkat" not in config.mock_syscalls:  # only directory removal needs a look
+        handlers[SYSCALLS["unlinkat"]] = directories.handle_unlinkat
+        rules.append(seccomp.ArgRule(
+            SYSCALLS["unlinkat"], 2, ((directories.AT_REMOVEDIR, seccomp.RET_USER_NOTIF),),
+            actions.pop(SYSCALLS["unlinkat"], seccomp.RET_ALLOW)))
     clone = SYSCALLS["clone"]
     if "clone" not in config.mock_syscalls:  # a mocked clone never runs: nothing to judge
         handlers[clone] = processes.handle_clone

@@ -75,13 +75,99 @@ def enter_user_namespace(inside_uid: int, inside_gid: int) -> None:
     rename the host (the hostname belongs to the UTS namespace, not to /proc/sys).
     """
     uid, gid = os.geteuid(), os.getegid()
-    unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS)
+    # Gramine lets root chown to any ids, switch ids and set groups. Where the host allows it
+    # (pylos run by root), the enclave's other ids are a range of host ids no host user has;
+    # otherwise only the invoking user's own id exists. Only a process with CAP_SETUID over
+    # the parent namespace may map a range: a helper forked before unshare, still outside.
+    mapper = (_range_mapper(inside_uid, uid, inside_gid, gid)
+              if uid == 0 and _in_initial_user_namespace() else None)
+    try:
+        unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS)
+    except OSError:
+        if mapper is not None:
+            mapper.cancel()
+        raise
+    if mapper is not None and mapper.map():
+        return
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")
-    with open("/proc/self/uid_map", "w") as f:
-        f.write(f"{inside_uid} {uid} 1")
-    with open("/proc/self/gid_map", "w") as f:
-        f.write(f"{inside_gid} {gid} 1")
+    _write_id_map("/proc/self/uid_map", f"{inside_uid} {uid} 1")
+    _write_id_map("/proc/self/gid_map", f"{inside_gid} {gid} 1")
+
+
+@dataclass
+class _RangeMapper:
+    pid: int
+    go: int  # write end: one byte once the caller has its new user namespace
+    done: int  # read end: b"1" once both maps are written
+
+    def map(self) -> bool:
+        os.write(self.go, b"1")
+        return self.cancel()
+
+    def cancel(self) -> bool:
+        """Without the go byte, the helper writes nothing; True if it mapped."""
+        os.close(self.go)
+        mapped = os.read(self.done, 1) == b"1"
+        os.close(self.done)
+        os.waitpid(self.pid, 0)
+        return mapped
+
+
+def _in_initial_user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+def _range_mapper(inside_uid: int, uid: int, inside_gid: int, gid: int) -> _RangeMapper:
+    go_read, go_write = os.pipe()
+    done_read, done_write = os.pipe()
+    caller = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        mapped = b"0"
+        try:
+            os.close(go_write)
+            os.close(done_read)
+            if os.read(go_read, 1) == b"1":
+                _write_id_map(f"/proc/{caller}/uid_map", id_range_map(inside_uid, uid))
+                _write_id_map(f"/proc/{caller}/gid_map", id_range_map(inside_gid, gid))
+                mapped = b"1"
+        except OSError:
+            pass  # the caller maps its one id itself
+        finally:
+            os.write(done_write, mapped)
+            os._exit(0)
+    os.close(go_read)
+    os.close(done_write)
+    return _RangeMapper(pid, go_write, done_read)
+
+
+# The enclave's ids other than loader.uid/gid, inside 0..65535, are host ids ENCLAVE_IDS + id:
+# far above what user databases hand out (Debian's subordinate ranges start at 100000 and
+# grow by 65536), so a file an enclave chowns on an allowed path belongs to no host user.
+ENCLAVE_IDS = 0x7FF00000
+ENCLAVE_ID_COUNT = 65536
+
+
+def id_range_map(inside: int, outside: int) -> str:
+    """uid_map/gid_map lines: `inside` is the invoking user's `outside`; the other ids of
+    0..65535 are host ids ENCLAVE_IDS + id (ranges around `inside`, which may exceed them)."""
+    lines = [f"{inside} {outside} 1"]
+    below = min(inside, ENCLAVE_ID_COUNT)
+    if below:
+        lines.append(f"0 {ENCLAVE_IDS} {below}")
+    if inside + 1 < ENCLAVE_ID_COUNT:
+        lines.append(f"{inside + 1} {ENCLAVE_IDS + inside + 1} {ENCLAVE_ID_COUNT - inside - 1}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_id_map(path: str, lines: str) -> None:
+    with open(path, "w") as f:
+        f.write(lines)
 
 
 @dataclass

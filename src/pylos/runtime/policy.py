@@ -102,6 +102,9 @@ class TrustedFiles:
                 self._by_inode.setdefault((host.st_dev, host.st_ino), (path, digest))
         return self._by_inode.get(inode)
 
+    def has_path(self, host_path: str) -> bool:
+        return host_path in self._expected_by_path
+
     def verified_copy(self, fd: int, host_path: str, expected: str,
                       st: os.stat_result | None = None) -> Verified:
         """A sealed memfd with the file's bytes, after checking them against `expected`."""
@@ -231,6 +234,8 @@ class FilePolicy:
             if _writes(flags):
                 raise PolicyError(errno.EACCES, f"Disallowing write/append to a trusted file "
                                   f"'{name}'")
+            if flags & os.O_PATH:  # reads no byte; a reopen or exec through it is judged again
+                return Admitted(fd, "trusted, a path only (O_PATH)")
             return Admitted(self.trusted.verified_copy(fd, host_path, expected, st).memfd,
                             "trusted, verified")
         mnt_id = mount_id(fd)
@@ -246,7 +251,7 @@ class FilePolicy:
         if self.allow_all_but_log:
             self._log("warning", f"Allowing access to unknown file '{name}' due to "
                       "file_check_policy.")
-            if not _writes(flags):
+            if not _writes(flags) and not flags & os.O_PATH:
                 # Host binds are noexec: a copy, so that an unknown library maps executable
                 # (dlopen), as Gramine lets it under this policy.
                 return Admitted(self._unknown_copy(fd, st), "unknown, allowed by "

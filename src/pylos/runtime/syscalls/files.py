@@ -245,6 +245,53 @@ def _own_fds() -> int:
     return os.open("/proc/self/fd", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
+def _open_in_view_or_by_host_link(sup: Supervisor, pid: int, dirfd: int, path: bytes,
+                                  flags: int, mode: int, resolve: int, nid: int) -> int:
+    """`_open_in_view`, and Gramine's answer for a host symlink whose target the view lacks.
+
+    Debian's alternatives are absolute links out of the mounted directory
+    (`/usr/lib/x86_64-linux-gnu/libblas.so.3` -> `/etc/alternatives/...` -> `.../blas/...`).
+    In the view they dangle unless /etc/alternatives is mounted too; Gramine follows them by
+    the host path when the file they end at is itself trusted. So does this: for a read
+    whose last component is such a link, the host resolves the link, and the file it ends at
+    is opened only if the manifest trusts that very path (it is then verified as any
+    trusted file). Anything else keeps the view's ENOENT."""
+    try:
+        return _open_in_view(sup, pid, dirfd, path, flags, mode, resolve, nid)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT or flags & WRITE_INTENT or resolve & ~RESOLVE_NO_MAGICLINKS:
+            raise
+        target = _trusted_target_of_host_link(sup, pid, dirfd, path, nid)
+        if target is None:
+            raise
+        return os.open(target, (flags & (O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY))
+                       | os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _trusted_target_of_host_link(sup: Supervisor, pid: int, dirfd: int, path: bytes,
+                                 nid: int) -> str | None:
+    parent, _, name = path.rstrip(b"/").rpartition(b"/")
+    if not name or name in (b".", b".."):
+        return None
+    if not parent:
+        parent = b"/" if path.startswith(b"/") else b"."
+    try:
+        parent_fd = _open_in_view(sup, pid, dirfd, parent, O_PATH | os.O_DIRECTORY, 0, 0, nid)
+    except OSError:
+        return None
+    try:
+        host_dir = sup.config.host_path_of(os.readlink(f"/proc/self/fd/{parent_fd}"))
+    finally:
+        os.close(parent_fd)
+    if host_dir is None:
+        return None
+    link = os.path.join(host_dir, os.fsdecode(name))
+    if not os.path.islink(link):
+        return None
+    target = os.path.realpath(link)
+    return target if sup.policy.trusted.has_path(target) else None
+
+
 def _open_without_blocking(opener: Callable[[int], int],
                            flags: int) -> tuple[int, os.stat_result, bool]:
     """`opener(flags)`, without ever waiting: the supervisor's loop must not block.
@@ -461,9 +508,9 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
             # A probe (O_PATH) or a reopen is no create: the mode goes with creating opens only.
             fd, st, pending = _open_without_blocking(
                 lambda how: (_open_judged_by_path if judge_first and how & WRITE_INTENT
-                             else _open_in_view)(sup, pid, dirfd, path, how & ~os.O_CLOEXEC,
-                                                 mode if _will_create(how) else 0, resolve,
-                                                 n.id), flags)
+                             else _open_in_view_or_by_host_link)(
+                                 sup, pid, dirfd, path, how & ~os.O_CLOEXEC,
+                                 mode if _will_create(how) else 0, resolve, n.id), flags)
         if (sup.policy.identity is not None and not pending
                 and foreign_process_entry(os.readlink(f"/proc/self/fd/{fd}"), thread_group(pid))):
             raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}': another "
