@@ -262,3 +262,13 @@ def test_mount_point_that_is_a_host_symlink(make_enclave):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("head \x7fELF") and libc.exists()
     assert result.stdout.endswith("head ENOENT\n")  # /usr is not in the view
+
+
+def test_heap_limit_of_the_manifest(make_enclave):
+    # Gramine's sys.brk.max_size (Occlum's process.default_heap_size): brk stops there.
+    limited = make_enclave("heap", extra='sys.brk.max_size = "1M"\n', log_level="warning")
+    result = limited.run()
+    assert result.stdout.splitlines() == ["sbrk ENOMEM after 1024 KiB", "malloc ok"], \
+        result.stdout + result.stderr
+    assert "the heap reached sys.brk.max_size (1048576 bytes)" in result.stderr
+    assert make_enclave("heap").run().stdout == "sbrk grew 65536 KiB\nmalloc ok\n"

@@ -56,11 +56,11 @@ def test_disable_aslr(make_enclave):
 
 
 def test_unhonoured_keys_warn_once_each(make_enclave):
-    enclave = make_enclave("hello", extra='sys.brk.max_size = "1M"\nsgx.preheat_enclave = true\n',
-                           log_level="warning")
+    enclave = make_enclave("hello", extra='sys.allowed_ioctls = [ { request_code = 1 } ]\n'
+                           'sgx.preheat_enclave = true\n', log_level="warning")
     result = enclave.run()
     assert result.returncode == 0
-    assert result.stderr.count("sys.brk.max_size is not honoured") == 1
+    assert result.stderr.count("sys.allowed_ioctls is not honoured") == 1
     assert result.stderr.count("sgx.preheat_enclave is not honoured") == 1
     assert "enclave memory limit (sgx.enclave_size): 268435456 bytes" in result.stderr
 

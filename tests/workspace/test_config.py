@@ -108,3 +108,13 @@ def test_build_reports_bad_config_without_traceback(tmp_path: Path):
     (tmp_path / "Occlum.json").write_text("{not json")
     result = run_pylos("build", cwd=tmp_path)
     assert result.returncode == 1 and "not valid JSON" in result.stderr
+
+
+def test_user_space_max_size_replaces_the_size_without_edmm(tmp_path: Path):
+    # Occlum without EDMM: user_space_max_size, when given, is the user space's size.
+    parsed = parse_config(config(resource_limits__user_space_max_size="900MB"))
+    assert parsed.user_space_size == 900 << 20
+    assert not any("user_space_max_size" in warning for warning in parsed.warnings)
+    (tmp_path / "image").mkdir()
+    data = manifest_data(tmp_path, parsed, {"loader": "/l", "python": "/p"}, [])
+    assert data["sgx"]["enclave_size"] == "1G"

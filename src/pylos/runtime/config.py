@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from pylos.runtime.fs import FuseSetup
 
 DEFAULT_STACK = "256K"
-DEFAULT_BRK = "256K"
 DEFAULT_FDS = 900
 
 
@@ -55,7 +54,7 @@ class EnclaveConfig:
     max_threads: int | None          # None: no cap (EDMM)
     enclave_size: int
     stack_size: int
-    brk_max_size: int
+    brk_max_size: int | None  # None: the manifest sets no limit (brk is not trapped)
     fds_limit: int
     uid: int
     gid: int
@@ -246,8 +245,8 @@ def build_config(manifest: Manifest, host_args: list[str], host_env: dict[str, s
         max_threads=None if edmm else sgx["max_threads"],
         enclave_size=manifest.enclave_size,
         stack_size=parse_size(sys_.get("stack", {}).get("size", DEFAULT_STACK), "sys.stack.size"),
-        brk_max_size=parse_size(sys_.get("brk", {}).get("max_size", DEFAULT_BRK),
-                                "sys.brk.max_size"),
+        brk_max_size=(parse_size(sys_["brk"]["max_size"], "sys.brk.max_size")
+                      if "max_size" in sys_.get("brk", {}) else None),
         fds_limit=sys_.get("fds", {}).get("limit", DEFAULT_FDS),
         uid=loader.get("uid", 0),
         gid=loader.get("gid", 0),

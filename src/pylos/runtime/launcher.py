@@ -118,6 +118,8 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
         "execve": processes.handle_execve, "execveat": processes.handle_execveat,
         "memfd_create": memory.handle_memfd_create, "rmdir": directories.handle_rmdir,
     }
+    if config.brk_max_size is not None:
+        trapped["brk"] = memory.handle_brk
     if config.disallow_subprocesses:
         trapped.update(fork=processes.refuse_subprocess, vfork=processes.refuse_subprocess)
     trapped.update(metadata.HANDLERS)
@@ -363,8 +365,6 @@ def host_resolv_conf(path: str = "/etc/resolv.conf") -> bytes:
 
 
 UNHONOURED = (
-    (("sys", "brk", "max_size"), "pylos cannot limit brk alone; sgx.enclave_size limits all "
-     "memory"),
     (("sys", "allowed_ioctls"), "ioctls go straight to the kernel under pylos"),
     (("sys", "ioctl_structs"), "ioctls go straight to the kernel under pylos"),
     (("sgx", "insecure__rpc_thread_num"), "pylos has no exitless RPC threads"),

@@ -58,8 +58,9 @@ KNOWN: dict[str, type | tuple[type, ...]] = {
     "mount": list,
 }
 SUPPORTED = {
-    "resource_limits.user_space_size", "resource_limits.max_num_of_threads",
-    "process.default_stack_size", "process.default_heap_size", "entry_points", "env.default",
+    "resource_limits.user_space_size", "resource_limits.user_space_max_size",
+    "resource_limits.max_num_of_threads", "process.default_stack_size",
+    "process.default_heap_size", "entry_points", "env.default",
     "env.untrusted", "metadata.product_id", "metadata.version_number", "metadata.debuggable",
     "mount",
 }
@@ -242,7 +243,9 @@ def parse_config(data: Any, source: str = "Occlum.json") -> WorkspaceConfig:
     mounts = _mounts(data["mount"], errors)
     sizes = {}
     for key in ("resource_limits.user_space_size", "process.default_stack_size",
-                "process.default_heap_size"):
+                "process.default_heap_size", "resource_limits.user_space_max_size"):
+        if key not in present:
+            continue  # only the optional user_space_max_size may be absent (REQUIRED)
         try:
             sizes[key] = parse_size(_lookup(data, key), key)
         except InputError as exc:
@@ -263,7 +266,10 @@ def parse_config(data: Any, source: str = "Occlum.json") -> WorkspaceConfig:
                         f"SGX): {', '.join(ignored)}")
     meta = data["metadata"]
     return WorkspaceConfig(
-        user_space_size=sizes["resource_limits.user_space_size"],
+        # Without EDMM (pylos's simulated SGX has none) Occlum takes user_space_max_size in
+        # place of user_space_size when it is given.
+        user_space_size=sizes.get("resource_limits.user_space_max_size",
+                                  sizes.get("resource_limits.user_space_size", 0)),
         max_threads=threads,
         stack_size=sizes["process.default_stack_size"],
         heap_size=sizes["process.default_heap_size"],

@@ -31,6 +31,44 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 ADDRESS_SPACE_MAX = 1 << 56
 
 
+def handle_brk(sup: Supervisor, n: Notification) -> None:
+    """`sys.brk.max_size` (Occlum's `process.default_heap_size`): a break beyond the start of
+    the heap plus the limit fails as the kernel fails it, by answering the current break
+    (glibc's sbrk then says ENOMEM and malloc falls back to mmap). Registers and /proc only:
+    the query (0), shrinking and growth within the limit go on to the kernel."""
+    requested = n.args[0]
+    start = heap_start_of(n.pid) if requested else None
+    if start is None or requested <= start + sup.config.brk_max_size:
+        sup.listener.allow(n.id)
+        return
+    current = heap_end_of(n.pid, start)
+    sup.warn_once("brk", "warning", f"the heap reached sys.brk.max_size "
+                  f"({sup.config.brk_max_size} bytes): brk refused, malloc uses mmap")
+    sup.listener.reply(n.id, current)
+
+
+def heap_start_of(tid: int) -> int | None:
+    """start_brk of `tid`'s process (field 47 of /proc/<tid>/stat)."""
+    try:
+        with open(f"/proc/{tid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[47 - 3])  # fields after "pid (comm)" start with field 3
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def heap_end_of(tid: int, start: int) -> int:
+    """The current break: where the [heap] mapping ends (none yet: the heap's start)."""
+    try:
+        with open(f"/proc/{tid}/maps", "rb") as maps:
+            for line in maps:
+                if line.rstrip().endswith(b"[heap]"):
+                    return int(line.split(b"-", 1)[1].split(b" ", 1)[0], 16)
+    except (OSError, ValueError):
+        pass
+    return start
+
+
 def address_space_of(tid: int) -> int | None:
     """Bytes of address space thread `tid`'s process uses (what RLIMIT_AS limits)."""
     try:
