@@ -138,3 +138,23 @@ fs.mount.lib.uri = "file:/lib"
         '= [ { type = "chroot", path = "/lib", uri = "file:/lib" } ]',
         "  sgx.thread_num is older Gramine's name; write sgx.max_threads = 4",
     ]
+
+
+def test_libos_entrypoint_as_a_string_is_gramine_1_4_syntax(workdir: Path, pylos):
+    # Gramine 1.4–1.6 templates: loader.entrypoint = "file:{{ gramine.libos }}", and the LibOS
+    # in sgx.trusted_files; EPID's ra_client_* keys are accepted (and warned about at run time).
+    template = """\
+loader.entrypoint = "file:{{ gramine.libos }}"
+libos.entrypoint = "/app"
+sgx.ra_client_spid = ""
+sgx.ra_client_linkable = false
+sgx.trusted_files = [ "file:app", "file:{{ gramine.libos }}" ]
+fs.mounts = [ { path = "/app", uri = "file:app" } ]
+"""
+    result = pylos("manifest", "-c", template, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    rendered = tomllib.loads(result.stdout)
+    entrypoint = rendered["loader"]["entrypoint"]
+    assert entrypoint["uri"] == "file:pylos-libos" and len(entrypoint["sha256"]) == 64
+    libos = [e for e in rendered["sgx"]["trusted_files"] if e["uri"] == "file:pylos-libos"]
+    assert libos == [{"uri": "file:pylos-libos", "sha256": entrypoint["sha256"]}]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pylos.install import LIBOS_URI
+
 
 def _toml_string(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str) else json.dumps(str(value))
@@ -18,7 +20,7 @@ def migration_hints(data: dict) -> list[str]:
     sgx = data.get("sgx") if isinstance(data.get("sgx"), dict) else {}
     fs = data.get("fs") if isinstance(data.get("fs"), dict) else {}
     entrypoint = loader.get("entrypoint")
-    if isinstance(entrypoint, str):
+    if isinstance(entrypoint, str) and entrypoint != LIBOS_URI:  # Gramine's own LibOS's path
         hints.append(f"loader.entrypoint = {_toml_string(entrypoint)} is Gramine ≤ 1.3 syntax; "
                      "write loader.entrypoint = { uri = \"file:{{ gramine.libos }}\" } (or leave "
                      "it out: pylos fills it in), and name the program in libos.entrypoint")

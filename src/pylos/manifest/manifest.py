@@ -51,6 +51,9 @@ def fill_defaults(data: dict) -> None:
             sgx["trusted_files"] = [_normalise_trusted(e, i) for i, e in enumerate(trusted)]
     loader = _table(data, "loader")
     if loader is not None:
+        if loader.get("entrypoint") == install.LIBOS_URI:
+            # Gramine ≤ 1.6's spelling, `loader.entrypoint = "file:{{ gramine.libos }}"`
+            loader["entrypoint"] = {"uri": install.LIBOS_URI}
         entrypoint = _table(loader, "entrypoint")
         if entrypoint is not None:
             entrypoint.setdefault("uri", install.LIBOS_URI)

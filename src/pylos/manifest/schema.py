@@ -247,6 +247,9 @@ MANIFEST_SCHEMA = Table(
                 "allowed_files": List(Str),
                 "file_check_policy": Enum("strict", "allow_all_but_log"),
                 "remote_attestation": Enum("none", "dcap"),
+                # EPID (Gramine ≤ 1.5's templates still name them; Intel retired EPID)
+                "ra_client_spid": Str,
+                "ra_client_linkable": Bool,
                 "preheat_enclave": Bool,
                 "enable_stats": Bool,
                 "profile": Table(

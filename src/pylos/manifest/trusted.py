@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pylos.errors import InputError, PylosError
 from pylos.hashing import HashCache, ProgressCallback, hash_files
+from pylos.install import LIBOS_URI, libos_hash
 
 
 def uri_to_path(uri: str, key: str) -> str:
@@ -76,6 +77,9 @@ def expand_trusted_files(
     for index, entry in enumerate(entries):
         key = f"sgx.trusted_files[{index}]"
         uri = entry["uri"]
+        if uri == LIBOS_URI:  # "file:{{ gramine.libos }}", as older templates trust it
+            expanded.setdefault(uri, {"uri": uri, "sha256": libos_hash()})
+            continue
         path = uri_to_path(uri, key)
         host = _host_path(path, chroot, key)
         if uri.endswith("/"):

@@ -368,6 +368,8 @@ UNHONOURED = (
     (("sys", "allowed_ioctls"), "ioctls go straight to the kernel under pylos"),
     (("sys", "ioctl_structs"), "ioctls go straight to the kernel under pylos"),
     (("sgx", "insecure__rpc_thread_num"), "pylos has no exitless RPC threads"),
+    (("sgx", "ra_client_spid"), "EPID attestation is not simulated (only DCAP)"),
+    (("sgx", "ra_client_linkable"), "EPID attestation is not simulated (only DCAP)"),
     (("sgx", "preheat_enclave"), "there is no EPC to pre-fault"),
     (("sgx", "enable_stats"), "there are no SGX transitions to count"),
     (("sgx", "profile"), "the SGX profiler is not available"),
@@ -382,7 +384,7 @@ def unhonoured_keys(data: dict) -> list[str]:
         value = data
         for key in keys:
             value = value.get(key) if isinstance(value, dict) else None
-        if value not in (None, False, 0, "none", {}) and not (
+        if value not in (None, False, 0, "", "none", {}) and not (
                 keys[-1] == "profile" and value.get("enable", "none") == "none"):
             warnings.append(f"{'.'.join(keys)} is not honoured: {why}")
     return warnings
