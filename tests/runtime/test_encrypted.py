@@ -262,3 +262,41 @@ def test_links_sockets_and_fifos(encrypted):
     assert stat.S_ISSOCK((enc / "sock").lstat().st_mode)
     assert stat.S_ISFIFO((enc / "fifo").lstat().st_mode)
     assert b"through the link" not in (enc / "target").read_bytes()
+
+
+def test_rename_of_a_non_empty_directory(encrypted):
+    # Each protected file is bound to its path: moving a directory rebinds every file below
+    # it (one open, the other not), and the next run reads them under their new names.
+    enclave = encrypted("fsops")
+    result = enclave.run("mkdir", "/enc/d", "write", "/enc/d/f", "mkdir", "/enc/d/sub",
+                         "write", "/enc/d/sub/g", "rename", "/enc/d", "/enc/e",
+                         "read", "/enc/e/f", "read", "/enc/e/sub/g", "read", "/enc/d/f")
+    assert result.stdout == ("mkdir ok\nwrite ok\nmkdir ok\nwrite ok\nrename ok\n"
+                             "read ok\nread ok\nread ENOENT\n"), result.stderr
+    enc = enclave.root / "enc"
+    assert decrypt(enc / "e" / "sub" / "g", "enc/e/sub/g") == b"written\n"
+    assert sorted(os.listdir(enc)) == ["e"]  # no journal left
+    assert enclave.run("read", "/enc/e/sub/g").stdout == "read ok\n"
+
+
+def test_directory_rename_interrupted_by_a_crash_is_finished(encrypted):
+    import json
+
+    enclave = encrypted("fsops", log_level="warning")
+    result = enclave.run("mkdir", "/enc/d", "write", "/enc/d/f", "mkdir", "/enc/x",
+                         "write", "/enc/x/h")
+    assert result.returncode == 0, result.stderr
+    enc = enclave.root / "enc"
+    # The crash came after the directory's rename, before its files were rebound ...
+    (enc / ".pylos-rename").write_text(json.dumps(["d", "e"]))
+    (enc / "d").rename(enc / "e")
+    result = enclave.run("read", "/enc/e/f", "read", "/enc/x/h")
+    assert result.stdout == "read ok\nread ok\n", result.stderr
+    assert "finishing the rename of '/enc/d' to '/enc/e' a crash interrupted" in result.stderr
+    assert decrypt(enc / "e" / "f", "enc/e/f") == b"written\n"
+    assert not (enc / ".pylos-rename").exists()
+    # ... or before anything changed: nothing to finish
+    (enc / ".pylos-rename").write_text(json.dumps(["x", "y"]))
+    result = enclave.run("read", "/enc/x/h")
+    assert result.stdout == "read ok\n" and "finishing" not in result.stderr
+    assert sorted(os.listdir(enc)) == ["e", "x"]

@@ -19,6 +19,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pylos.pf import (
     GRAMINE_RECOVERY_SUFFIX,
@@ -33,11 +34,15 @@ from pylos.runtime.keys import KeyStore
 
 NEW_PREFIX = ".pylos-new-"  # a file being created: complete before it gets its name
 HIDDEN_SUFFIXES = (JOURNAL_SUFFIX, GRAMINE_RECOVERY_SUFFIX)
+# In the mount's host root while a non-empty directory is renamed: [old, new] (JSON). Present
+# at the next start, it means a crash in the middle: the rename is finished then.
+RENAME_JOURNAL = ".pylos-rename"
 
 
 def hidden(name: str) -> bool:
     """Host entries that belong to pylos, not to the program (journals, files in creation)."""
-    return name.startswith(NEW_PREFIX) or name.endswith(HIDDEN_SUFFIXES)
+    return name.startswith(NEW_PREFIX) or name.endswith(HIDDEN_SUFFIXES) or (
+        name == RENAME_JOURNAL)
 
 
 @dataclass
@@ -75,6 +80,8 @@ class EncryptedFs(Driver):
         self.handles: dict[int, OpenFile] = {}
         self.next_handle = 1
         self.sizes: dict[tuple[int, int, int, int], int] = {}  # plaintext sizes by host stat
+        # An interrupted directory rename is finished first (a file-rooted mount has none).
+        self.renames_checked = self.single_file
 
     # --- names and keys -------------------------------------------------------------------
 
@@ -96,6 +103,9 @@ class EncryptedFs(Driver):
             self.log("error", f"key '{self.key_name}' is not set (encrypted mount "
                      f"{self.mount_path})")
             raise OSError(errno.EACCES, "key not set")
+        if not self.renames_checked:
+            self.renames_checked = True
+            self._finish_interrupted_rename(key)
         return key
 
     def _refuse(self, path: str, exc: PfError) -> OSError:
@@ -386,11 +396,10 @@ class EncryptedFs(Driver):
             os.rename(host_old, host_new)  # a link, socket or FIFO: no content bound to a path
             return
         if stat.S_ISDIR(st.st_mode):
-            # Every file below is bound to its path: moving a non-empty directory would need
-            # each one rewritten. EXDEV makes mv and friends copy instead, which re-binds them.
             if any(files for _, _, files in os.walk(host_old)):
-                raise OSError(errno.EXDEV, "non-empty directory in an encrypted mount")
-            os.rename(host_old, host_new)
+                self._rename_tree(old, new)
+            else:
+                os.rename(host_old, host_new)
             return
         opened = self._acquire(old)
         try:
@@ -403,6 +412,83 @@ class EncryptedFs(Driver):
             self._release_file(opened)
         self._remove_journals(host_old)
 
+    def _rename_tree(self, old: str, new: str) -> None:
+        """Rename a non-empty directory. Every protected file below is bound to its path, so
+        each is rebound (its metadata node rewritten). Crash-safe: the journal names the
+        rename before anything changes, the directory is renamed in one step, then the files
+        are rebound; a journal found at the next start (`key`) finishes the rebinding."""
+        import json
+
+        from pylos.hashing import write_atomic
+
+        key = self.key()
+        journal = os.path.join(self.host_root, RENAME_JOURNAL)
+        write_atomic(Path(journal), json.dumps([old, new]).encode(), mode=0o600)
+        _fsync_dir(self.host_root)
+        os.rename(self.host(old), self.host(new))
+        for directory in {os.path.dirname(self.host(old)), os.path.dirname(self.host(new))}:
+            _fsync_dir(directory)
+        self._rebind_tree(old, new, key)
+        os.unlink(journal)
+        _fsync_dir(self.host_root)
+
+    def _rebind_tree(self, old: str, new: str, key: bytes) -> None:
+        for directory, _, names in os.walk(self.host(new)):
+            for name in names:
+                host = os.path.join(directory, name)
+                if hidden(name) or not stat.S_ISREG(os.lstat(host).st_mode):
+                    continue
+                path = os.path.relpath(host, self.host_root)
+                self._rebind(path, old + path[len(new):], key)
+
+    def _rebind(self, path: str, was: str, key: bytes) -> None:
+        """Bind the file now at `path` to it (it was bound to `was`, or already is)."""
+        opened = self.files.get(_identity(os.lstat(self.host(path))))
+        try:
+            if opened is not None:  # open in the enclave: its shared ProtectedFile
+                opened.pf.rename(self.bound(path), recovery_path=self.recovery_path(path))
+                opened.pf.flush()
+                return
+            fd = os.open(self.host(path), os.O_RDWR | os.O_CLOEXEC)
+            try:
+                for bound in (self.bound(was), self.bound(path)):
+                    try:
+                        pf = ProtectedFile.open(fd, key, bound,
+                                                recovery_path=self.recovery_path(path))
+                    except PfError:
+                        continue  # bound to the other name (a rename resumed after a crash)
+                    with pf:
+                        if bound != self.bound(path):
+                            pf.rename(self.bound(path), recovery_path=self.recovery_path(path))
+                    return
+                self.log("error", f"renaming '{self.view(was)}': it is no protected file of "
+                         "this mount's key; left as it is")
+            finally:
+                os.close(fd)
+        except PfError as exc:
+            raise OSError(errno.EIO, str(exc)) from None
+
+    def _finish_interrupted_rename(self, key: bytes) -> None:
+        import json
+
+        journal = os.path.join(self.host_root, RENAME_JOURNAL)
+        try:
+            with open(journal, "rb") as f:
+                old, new = json.loads(f.read())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self.log("error", f"encrypted mount {self.mount_path}: unreadable rename journal "
+                     f"({exc}); removed")
+            old = new = None
+        if isinstance(old, str) and isinstance(new, str) and not os.path.lexists(
+                self.host(old)) and os.path.isdir(self.host(new)):
+            self.log("warning", f"encrypted mount {self.mount_path}: finishing the rename of "
+                     f"'{self.view(old)}' to '{self.view(new)}' a crash interrupted")
+            self._rebind_tree(old, new, key)
+        os.unlink(journal)
+        _fsync_dir(self.host_root)
+
     def destroy(self) -> None:
         """The enclave ended: flush and close every file still open (each exactly once)."""
         still_open = {id(o): o for o in [*self.handles.values(), *self.files.values()]}
@@ -410,6 +496,10 @@ class EncryptedFs(Driver):
         for opened in still_open.values():
             opened.refs = 1
             self._release_file(opened)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def _fsync_dir(path: str) -> None:
