@@ -146,11 +146,13 @@ def plan(merged: Merged) -> Layout:
         if not targets and uses != MAPPED and os.path.lexists(path) and not (
                 set(uses) <= {LISTED} and _depth(path) <= 1):
             layout.needed.add(path)
+    # An allowed directory covers what is below it. Files only read there stay trusted:
+    # trusted files are matched first (by inode), so they are verified and read-only.
+    layout.allowed_dirs = {d for d in layout.allowed_dirs
+                           if not any(_under(d, o) and d != o for o in layout.allowed_dirs)}
+    layout.allowed_files = {f for f in layout.allowed_files
+                            if not any(_under(f, d) for d in layout.allowed_dirs)}
     layout.needed |= layout.allowed_dirs | layout.allowed_files
-    # A file read where the program also writes is the program's data, not trusted code.
-    layout.trusted = {path for path in layout.trusted
-                      if not any(_under(path, place) for place in layout.allowed_dirs)
-                      and path not in layout.allowed_files}
     if cwd != "/" and any(_under(path, cwd) for path in layout.needed):
         layout.start_dir = cwd
         layout.needed.add(cwd)
@@ -178,6 +180,8 @@ def _writable_places(path: str, uses: str) -> list[str]:
 
 
 def _place_write(layout: Layout, target: str, path: str, cwd: str) -> None:
+    while not os.path.lexists(target) and target != "/":
+        target = os.path.dirname(target)  # made and removed by the run: where it was made
     root = tmp_root(target)
     if root is not None and not _under(target, cwd):
         layout.tmpfs.add(root)
@@ -247,6 +251,9 @@ def collapse(files: set[str], writable: set[str]) -> list[tuple[str, int, int]]:
     """Trusted entries: (URI, files used, files there) — a directory (`dir/`) where more than
     half of its files (Gramine's recursive expansion) were used, else the files themselves."""
     entries = {path: (1, 1) for path in files}
+    # Python stats a module's source to validate its compiled __pycache__ file: the source
+    # counts as used (for the choice of directories only) when its .pyc was read.
+    sources = {_source_of(path) for path in files} - {None} - files
     directories = sorted({os.path.dirname(path) for path in files}, key=_depth, reverse=True)
     candidates = set()
     for directory in directories:
@@ -256,6 +263,7 @@ def collapse(files: set[str], writable: set[str]) -> list[tuple[str, int, int]]:
     for directory in sorted(candidates, key=lambda d: (-_depth(d), d)):
         inside = [path for path in entries if _under(path, directory + "/")]
         used = sum(entries[path][0] for path in inside)
+        used += sum(1 for source in sources if _under(source, directory + "/"))
         if used < 2 or any(_under(place, directory) or _under(directory, place)
                            for place in writable):
             continue
@@ -263,11 +271,21 @@ def collapse(files: set[str], writable: set[str]) -> list[tuple[str, int, int]]:
         if total is not None and 2 * used > total:
             for path in inside:
                 del entries[path]
+            sources = {source for source in sources if not _under(source, directory + "/")}
             entries[directory + "/"] = (used, total)
     result = []
     for path, (used, total) in sorted(entries.items()):
         result.append((path, used, total))
     return result
+
+
+def _source_of(path: str) -> str | None:
+    """The module source next to a `__pycache__/NAME.TAG.pyc`, if it exists."""
+    directory, name = os.path.split(path)
+    if os.path.basename(directory) != "__pycache__" or not name.endswith(".pyc"):
+        return None
+    source = os.path.join(os.path.dirname(directory), name.split(".", 1)[0] + ".py")
+    return source if os.path.isfile(source) else None
 
 
 def _count_files(directory: str, limit: int) -> int | None:
