@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,8 +21,12 @@ def _check_writable(output: Path) -> None:
     if not parent.is_dir():
         raise PylosError(f"cannot write the template '{output}': directory '{parent}' does not "
                          "exist")
-    if not os.access(parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
-        raise PylosError(f"cannot write the template '{output}': permission denied")
+    try:  # a real file, as the template will be: access(2) says yes to root everywhere
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{output.name}."):
+            pass
+    except OSError as exc:
+        raise PylosError(f"cannot write the template '{output}': cannot create a file in "
+                         f"'{parent}' ({exc.strerror})") from None
 
 
 @click.command("trace", short_help="Run CMD natively once and write a manifest template for it.",
@@ -48,7 +53,7 @@ def trace_cmd(output: Path | None, append: bool, command: tuple[str, ...]) -> No
     if not command:
         raise click.UsageError("no command given: pylos trace [-o FILE] [--append] -- CMD "
                                "[ARGS]...")
-    find_command(command[0])
+    executable = find_command(command[0])
     if output is None:
         output = Path(f"{os.path.basename(command[0])}.manifest.template")
     runs = []
@@ -61,6 +66,10 @@ def trace_cmd(output: Path | None, append: bool, command: tuple[str, ...]) -> No
         except (OSError, UnicodeDecodeError) as exc:
             raise PylosError(f"--append: cannot read '{output}': {exc}") from None
         runs = decode_runs(text, str(output))
+        if runs and runs[0].entrypoint != executable:
+            raise PylosError(f"--append: '{output}' is a template for {runs[0].entrypoint}, "
+                             f"not {executable} (a manifest has one libos.entrypoint; trace "
+                             "it into a template of its own)")
     _check_writable(output)
     started = time.monotonic()
     run = observe(list(command))

@@ -161,7 +161,7 @@ def plan(merged: Merged) -> Layout:
                      if not any(_under(written, path) or _under(path, written)
                                 for written in layout.tmpfs_writes)}
     layout.mounts = choose_mounts(layout.needed, layout.tmpfs)
-    layout.trusted_entries = collapse(layout.trusted, layout.allowed_dirs | layout.tmpfs)
+    layout.trusted_entries = collapse(layout.trusted, layout.allowed_dirs | layout.tmpfs, cwd)
     return layout
 
 
@@ -247,9 +247,12 @@ def _escaping_links(path: str, mounts: set[str]) -> list[str]:
     return []
 
 
-def collapse(files: set[str], writable: set[str]) -> list[tuple[str, int, int]]:
+def collapse(files: set[str], writable: set[str], cwd: str) -> list[tuple[str, int, int]]:
     """Trusted entries: (URI, files used, files there) — a directory (`dir/`) where more than
-    half of its files (Gramine's recursive expansion) were used, else the files themselves."""
+    half of its files (Gramine's recursive expansion) were used, else the files themselves.
+
+    Never the working directory's tree or its ancestors: the application's own files are
+    listed one by one, as the template, manifest and signature are written there."""
     entries = {path: (1, 1) for path in files}
     # Python stats a module's source to validate its compiled __pycache__ file: the source
     # counts as used (for the choice of directories only) when its .pyc was read.
@@ -264,8 +267,8 @@ def collapse(files: set[str], writable: set[str]) -> list[tuple[str, int, int]]:
         inside = [path for path in entries if _under(path, directory + "/")]
         used = sum(entries[path][0] for path in inside)
         used += sum(1 for source in sources if _under(source, directory + "/"))
-        if used < 2 or any(_under(place, directory) or _under(directory, place)
-                           for place in writable):
+        if used < 2 or _under(directory, cwd) or _under(cwd, directory) or any(
+                _under(place, directory) or _under(directory, place) for place in writable):
             continue
         total = _count_files(directory, limit=2 * used)
         if total is not None and 2 * used > total:
@@ -516,6 +519,7 @@ def _trusted(add, layout: Layout) -> None:
     add("# file below it; it is used where the run used more than half of them.")
     add("sgx.trusted_files = [")
     group = None
+    cwd = layout.start_dir or "/"
     for uri, used, total in layout.trusted_entries:
         if uri.endswith("/"):
             group = None
@@ -527,7 +531,10 @@ def _trusted(add, layout: Layout) -> None:
             group = parent
             in_group = sum(1 for u, _, _ in layout.trusted_entries
                            if not u.endswith("/") and os.path.dirname(u) == parent)
-            add(f"  # {parent}/: {in_group} of {_files_in(parent)} files")
+            if cwd != "/" and _under(parent, cwd):  # the application's files change
+                add(f"  # {parent}/: {in_group} file{'s' if in_group != 1 else ''}")
+            else:
+                add(f"  # {parent}/: {in_group} of {_files_in(parent)} files")
         add(f"  {_toml('file:' + uri)},")
     add("]")
     add("")
