@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,8 +292,18 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
-def test_nginx(app: Path, key: Path, processes: list, record_property) -> None:
+@pytest.fixture
+def world_readable_app() -> Iterator[Path]:
+    """An application directory nginx's workers can read natively: as root, nginx runs them
+    as nobody, and pytest's temporary directories are private to their owner."""
+    with tempfile.TemporaryDirectory(prefix="pylos-trace-") as directory:
+        os.chmod(directory, 0o755)
+        yield Path(directory)
+
+
+def test_nginx(world_readable_app: Path, key: Path, processes: list, record_property) -> None:
     require("nginx")
+    app = world_readable_app
     port = free_port()
     (app / "nginx.conf").write_text(NGINX_CONF.format(port=port))
     (app / "html").mkdir()
@@ -330,14 +341,14 @@ def test_append_merges_runs(app: Path, key: Path) -> None:
     first, _ = trace(app, PYTHON, "one.py", options=("-o", "py.manifest.template"))
     assert first.returncode == 0, first.stderr
     alone = (app / "py.manifest.template").read_text()
-    assert "loader.argv = " in alone and "_sqlite3" not in alone
+    assert "\nloader.argv = " in alone and "_sqlite3" not in alone
     second, _ = trace(app, PYTHON, "two.py", options=("-o", "py.manifest.template",
                                                        "--append"))
     assert second.returncode == 0, second.stderr
     assert "from 2 runs" in second.stderr
     merged = (app / "py.manifest.template").read_text()
     assert "loader.insecure__use_cmdline_argv = true" in merged
-    assert "loader.argv = " not in merged
+    assert "\nloader.argv = " not in merged
     assert '"file:/usr/lib/python3.11/json/",' in merged
     assert "_sqlite3.cpython" in merged
     build(app, "py", key)

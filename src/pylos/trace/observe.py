@@ -3,9 +3,10 @@
 The program runs under a seccomp user-notification filter (the runtime's own machinery,
 `runtime/seccomp.py`) that traps only the calls that name paths or change what the manifest
 sizes: the open family, exec, the calls that create, remove or rename directory entries,
-thread creation, executable mappings, exit, RLIMIT_STACK changes, set-id calls and the socket
-calls that name addresses. Each notification is recorded (the path read from the caller's
-memory, resolved against its cwd or dirfd through /proc) and answered with CONTINUE: the
+thread creation, executable mappings, exit, RLIMIT_STACK changes, set-id calls, a SIGTERM
+handler being installed and the socket calls that name addresses. Each notification is
+recorded (the path read from the caller's memory, resolved against its cwd or dirfd through
+/proc) and answered with CONTINUE: the
 kernel then runs the call itself, so the program behaves exactly as it would without pylos.
 Nothing is emulated or refused, and the filter is inherited by every process and thread the
 program starts, so children are followed without ptrace's stops and signal bookkeeping.
@@ -55,6 +56,7 @@ O_TMPFILE_BIT = os.O_TMPFILE & ~os.O_DIRECTORY
 PROT_EXEC = 0x4
 MAP_ANONYMOUS = 0x20
 RLIMIT_STACK = 3
+SIG_DFL, SIG_IGN = 0, 1
 RLIM_INFINITY = (1 << 64) - 1
 NO_ID = 0xFFFFFFFF  # -1 in a 32-bit id argument: "unchanged"
 SAMPLE_INTERVAL = 0.25
@@ -159,6 +161,7 @@ class Observer:
             nr["setregid"]: lambda n: self.switched(None, n.args[1]),
             nr["setresuid"]: lambda n: self.switched(n.args[1], None),
             nr["setresgid"]: lambda n: self.switched(None, n.args[1]),
+            nr["rt_sigaction"]: self.sigterm_handler,  # the filter passes only SIGTERM
             nr["bind"]: self.bound,
             nr["connect"]: self.connected,
             nr["listen"]: self.listened,
@@ -173,6 +176,7 @@ class Observer:
             "mmap": (2, PROT_EXEC, False),
             "setrlimit": (0, RLIMIT_STACK, True),
             "prlimit64": (1, RLIMIT_STACK, True),
+            "rt_sigaction": (0, signal.SIGTERM, True),
         }
         rules = [ArgRule(SYSCALLS[name], arg, ((value, notify),), seccomp.RET_ALLOW, equals)
                  for name, (arg, value, equals) in arg_rules.items()]
@@ -374,6 +378,14 @@ class Observer:
             return
         if soft != RLIM_INFINITY:
             self.run.stack_limit = max(self.run.stack_limit or 0, soft)
+
+    def sigterm_handler(self, n: Notification) -> None:
+        if not n.args[1]:
+            return  # a query
+        with contextlib.suppress(OSError):
+            handler = struct.unpack("<Q", read_memory(n.pid, n.args[1], 8))[0]
+            if handler not in (SIG_DFL, SIG_IGN):
+                self.run.handles_sigterm = True
 
     def switched(self, uid: int | None, gid: int | None) -> None:
         initial_uid, initial_gid = self.initial_ids

@@ -47,6 +47,7 @@ class Run:
     peak_stack_kib: int = 0         # VmStk (main thread's stack) of the deepest process
     stack_limit: int | None = None  # RLIMIT_STACK the program set itself (bytes)
     user: list[int] | None = None   # [uid, gid] the program switched to (setuid/setgid)
+    handles_sigterm: bool = False   # installed a SIGTERM handler (a clean shutdown)
     network: list[str] = field(default_factory=list)  # sorted: "listen tcp 127.0.0.1:6379"
     exec_dirs: list[str] = field(default_factory=list)  # dirs of executed files, PATH order
 

@@ -399,7 +399,12 @@ def render_template(runs: list[Run]) -> str:
     add("")
     _arguments(add, commands)
     _environment(add, merged)
-    _user(add, first, merged)
+    _user(add, merged)
+    if any(run.handles_sigterm for run in merged.runs):
+        add("# The program handles SIGTERM (it installed a handler): a SIGTERM sent to `pylos")
+        add("# run` reaches it, for a clean shutdown, instead of ending the enclave.")
+        add("sys.enable_sigterm_injection = true")
+        add("")
     _filesystem(add, layout)
     _limits(add, merged)
     _network(add, merged, layout)
@@ -437,7 +442,7 @@ def _environment(add, merged: Merged) -> None:
     add("")
 
 
-def _user(add, first: Run, merged: Merged) -> None:
+def _user(add, merged: Merged) -> None:
     switched = next((run.user for run in merged.runs if run.user), None)
     if switched is None:
         return
