@@ -74,6 +74,6 @@ def test_writes_become_allowed_places_or_tmpfs(tmp_path: Path) -> None:
 
 def test_runs_round_trip_through_the_data_block() -> None:
     run = Run(argv=["a", "-#}", "{{ x }}"], entrypoint="/bin/true", cwd="/")
-    run.use("/odd/-#}/name", READ)
+    run.use("/odd/-#}/#}/name", READ)
     text = "# a template\n" + encode_runs([run, run])
     assert decode_runs(text, "t") == [run, run]

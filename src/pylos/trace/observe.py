@@ -113,10 +113,10 @@ def provided(path: str) -> bool:
 class Observer:
     """Records the notifications of one run into `run`."""
 
-    def __init__(self, run: Run, listener: Listener, child: int) -> None:
+    def __init__(self, run: Run) -> None:
         self.run = run
-        self.listener = listener
-        self.child = child
+        self.listener: Listener | None = None  # attach(): once the program has its filter
+        self.child = -1
         self.child_started = False  # the child's first exec (leaving pylos's Python) is done
         self.processes: set[int] = set()   # every tgid seen
         self.live: set[int] = set()        # tgids to sample
@@ -167,6 +167,10 @@ class Observer:
             nr["listen"]: self.listened,
         }
 
+    def attach(self, listener: Listener, child: int) -> None:
+        self.listener = listener
+        self.child = child
+
     # -- the filter -----------------------------------------------------------------------
 
     def bpf(self) -> bytes:
@@ -188,8 +192,10 @@ class Observer:
 
     def serve(self) -> None:
         """Record and CONTINUE every notification until no process of the run is left."""
+        listener = self.listener
+        assert listener is not None, "attach() the listener first"
         poller = select.poll()
-        poller.register(self.listener.fd, select.POLLIN)
+        poller.register(listener.fd, select.POLLIN)
         next_sample = time.monotonic() + SAMPLE_INTERVAL
         while True:
             now = time.monotonic()
@@ -203,7 +209,7 @@ class Observer:
             if not events:
                 continue
             try:
-                notification = self.listener.receive()
+                notification = listener.receive()
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.EINTR):
                     continue  # the caller went away before we got to it
@@ -216,7 +222,7 @@ class Observer:
             except OSError:
                 pass  # the caller vanished mid-way (its /proc entries are gone): nothing to see
             finally:
-                self.listener.allow(notification.id)
+                listener.allow(notification.id)
 
     def note_process(self, n: Notification) -> None:
         tgid = _status(n.pid).get("Tgid", n.pid)
@@ -522,14 +528,15 @@ def observe(argv: list[str], env: Mapping[str, str] | None = None) -> Run:
     environ = dict(os.environ if env is None else env)
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     error_reader, error_writer = os.pipe()
-    observer_filter = Observer(run, Listener(-1), -1).bpf()
+    observer = Observer(run)
+    bpf = observer.bpf()
     # The program gets SIGINT and SIGQUIT from the terminal itself (it is in our process
     # group): we ignore them and wait for it. SIGTERM and SIGHUP sent to us are passed on.
     previous = {sig: signal.getsignal(sig) for sig in
                 (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)}
     child = os.fork()
     if child == 0:
-        _start_child(child_end, error_writer, observer_filter, executable, argv, environ)
+        _start_child(child_end, error_writer, bpf, executable, argv, environ)
     os.close(error_writer)
     child_end.close()
 
@@ -547,7 +554,7 @@ def observe(argv: list[str], env: Mapping[str, str] | None = None) -> Run:
         if fds:
             listener = Listener(fds[0])
             listener.enable_sync_wake_up()
-            observer = Observer(run, listener, child)
+            observer.attach(listener, child)
             try:
                 observer.serve()
             finally:

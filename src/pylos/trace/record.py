@@ -61,8 +61,8 @@ def encode_runs(runs: list[Run]) -> str:
     """The data block ending a generated template (deterministic: sorted keys, one path a
     line)."""
     body = json.dumps({"runs": [asdict(run) for run in runs]}, indent=1, sort_keys=True)
-    if DATA_END in body:  # a path holding "-#}" would end the comment early
-        body = body.replace(DATA_END, "-#\\u007d")
+    # "#}" (only ever inside a JSON string: a path, an argument) would end the comment.
+    body = body.replace("#}", "#\\u007d")
     return f"{DATA_START} {FORMAT_VERSION}\n{body}\n{DATA_END}\n"
 
 
