@@ -77,3 +77,12 @@ def test_runs_round_trip_through_the_data_block() -> None:
     run.use("/odd/-#}/#}/name", READ)
     text = "# a template\n" + encode_runs([run, run])
     assert decode_runs(text, "t") == [run, run]
+
+
+def test_no_host_directory_over_a_tmpfs_write(tmp_path: Path) -> None:
+    """A file read next to one the program writes in a tmpfs: mounted alone, so the tmpfs
+    stays writable around it."""
+    (tmp_path / "old").write_text("")
+    written = str(tmp_path / "new")
+    assert choose_mounts({str(tmp_path / "old")}, (), {written}) == [str(tmp_path / "old")]
+    assert choose_mounts({str(tmp_path)}, (), {written}) == []

@@ -156,11 +156,7 @@ def plan(merged: Merged) -> Layout:
     if cwd != "/" and any(_under(path, cwd) for path in layout.needed):
         layout.start_dir = cwd
         layout.needed.add(cwd)
-    # A host mount over a file written in a tmpfs, or inside one, would hide the tmpfs there.
-    layout.needed = {path for path in layout.needed
-                     if not any(_under(written, path) or _under(path, written)
-                                for written in layout.tmpfs_writes)}
-    layout.mounts = choose_mounts(layout.needed, layout.tmpfs)
+    layout.mounts = choose_mounts(layout.needed, layout.tmpfs, layout.tmpfs_writes)
     layout.trusted_entries = collapse(layout.trusted, layout.allowed_dirs | layout.tmpfs, cwd)
     return layout
 
@@ -207,15 +203,23 @@ def mount_point(path: str) -> str:
     return directory
 
 
-def choose_mounts(needed: Iterable[str], tmpfs: Iterable[str]) -> list[str]:
+def choose_mounts(needed: Iterable[str], tmpfs: Iterable[str] = (),
+                  tmpfs_writes: Iterable[str] = ()) -> list[str]:
     """Mount points (host path = enclave path) covering every needed name, with the targets
-    of symbolic links that leave their mount; sorted, none inside another."""
+    of symbolic links that leave their mount; sorted, none inside another. A host directory
+    mounted over a path the program writes in a tmpfs would hide the tmpfs there: such a
+    name is mounted alone (a file), or not at all."""
     mounts: set[str] = set()
     names = set(needed)
+    writes = set(tmpfs_writes)
     while True:
         for path in sorted(names):
-            if not any(_under(path, mount) for mount in mounts):
-                mounts.add(mount_point(path))
+            if any(_under(path, mount) for mount in mounts):
+                continue
+            for mount in (mount_point(path), path):
+                if not any(_under(written, mount) for written in writes):
+                    mounts.add(mount)
+                    break
         mounts = {m for m in mounts if not any(_under(m, o) and m != o for o in mounts)}
         more = {link for path in names for link in _escaping_links(path, mounts)} - names
         if not more:
@@ -481,7 +485,7 @@ def _limits(add, merged: Merged) -> None:
     add(f"sgx.max_threads = {max_threads(threads)}")
     add("")
     add(f"# Memory: the largest address space of a process was {peak_mib} MiB (VmPeak); the")
-    add(f"# enclave size is the next power of two above it plus 25 % (at least "
+    add(f"# enclave size is the power of two at or above 1.25 times that (at least "
         f"{MIN_ENCLAVE_MIB}M).")
     add(f"sgx.enclave_size = \"{_size(size)}\"")
     add("")
