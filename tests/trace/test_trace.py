@@ -119,15 +119,17 @@ print(json.dumps({"sum": total, "trace": float(numpy.trace(matrix)),
 """
 
 
-def require_numpy() -> None:
-    if not os.path.exists(PYTHON) or subprocess.run([PYTHON, "-c", "import numpy"],
+def require_python(*modules: str) -> None:
+    """Debian's python3, importing `modules` (python3-numpy: scripts/setup --tests)."""
+    imports = "; ".join(f"import {module}" for module in modules) or "pass"
+    if not os.path.exists(PYTHON) or subprocess.run([PYTHON, "-c", imports],
                                                     capture_output=True).returncode:
-        pytest.fail("Debian's python3 with python3-numpy is needed: scripts/setup --tests "
-                    "installs it when run as root")
+        pytest.fail(f"Debian's {PYTHON} importing {', '.join(modules) or 'nothing'} is needed: "
+                    "scripts/setup --tests installs python3-numpy when run as root")
 
 
 def test_python_json_sqlite3_numpy(app: Path, key: Path, record_property) -> None:
-    require_numpy()
+    require_python("numpy")
     (app / "script.py").write_text(PYTHON_SCRIPT)
     native = subprocess.run([PYTHON, "script.py"], cwd=app, capture_output=True, text=True)
     assert native.returncode == 0, native.stderr
@@ -335,6 +337,7 @@ def test_nginx(world_readable_app: Path, key: Path, processes: list, record_prop
 def test_append_merges_runs(app: Path, key: Path) -> None:
     """Two scripts traced into one template: arguments from the command line, and the files
     of both runs, so each script runs in the enclave."""
+    require_python()
     (app / "one.py").write_text("import json\nprint(json.dumps([1, 2]))\n")
     (app / "two.py").write_text("import sqlite3\nprint(sqlite3.connect(':memory:')"
                                 ".execute('select 40 + 2').fetchone()[0])\n")
@@ -404,3 +407,56 @@ def test_exit_status_is_the_programs(app: Path) -> None:
     assert result.stdout == "partial\n"
     assert "exited with status 3" in result.stderr
     assert "exit status 3" in (app / "bash.manifest.template").read_text()
+
+
+DEEP_C = """\
+#include <stdio.h>
+#include <string.h>
+static int depth(int n) {
+    volatile char frame[1024];
+    memset((char *)frame, n & 0x7f, sizeof frame);
+    return n == 0 ? frame[0] : depth(n - 1) + frame[1];
+}
+int main(void) { printf("%d\\n", depth(1000)); return 0; }
+"""
+
+
+def test_stack_growth_sets_sys_stack_size(app: Path) -> None:
+    """A main stack of ~1 MiB (native limit 8 MiB) needs more than the 256K default: the
+    template sets sys.stack.size, and without that line the enclave run dies."""
+    require("gcc")
+    (app / "deep.c").write_text(DEEP_C)
+    subprocess.run(["gcc", "-O0", "-o", "deep", "deep.c"], cwd=app, check=True)
+    result, _ = trace(app, "./deep")
+    assert result.returncode == 0, result.stderr
+    template = (app / "deep.manifest.template").read_text()
+    assert 'sys.stack.size = "4M"' in template  # VmStk ~1040 KiB, twice, a power of two
+    rendered = pylos("manifest", "deep.manifest.template", "deep.manifest", cwd=app)
+    assert rendered.returncode == 0, rendered.stderr
+    ran = pylos("run", "deep", cwd=app)
+    assert (ran.returncode, ran.stdout) == (0, result.stdout), ran.stderr
+    (app / "small.manifest.template").write_text(template.replace('sys.stack.size = "4M"', ""))
+    assert pylos("manifest", "small.manifest.template", "small.manifest", cwd=app).returncode == 0
+    assert pylos("run", "small", cwd=app).returncode == 128 + signal.SIGSEGV
+
+
+def test_threads_and_stack_limit_observed(app: Path) -> None:
+    require_python()
+    (app / "threads.py").write_text(
+        "import threading\nbarrier = threading.Barrier(5)\n"
+        "workers = [threading.Thread(target=barrier.wait) for _ in range(4)]\n"
+        "for w in workers: w.start()\nbarrier.wait()\nfor w in workers: w.join()\n"
+        "print('threads done')\n")
+    result, _ = trace(app, PYTHON, "threads.py")
+    assert result.returncode == 0, result.stderr
+    template = (app / "python3.manifest.template").read_text()
+    assert "at most 5 at a time in one process" in template
+    assert "sgx.max_threads = 7" in template
+    assert pylos("manifest", "python3.manifest.template", "python3.manifest",
+                 cwd=app).returncode == 0
+    ran = pylos("run", "python3", cwd=app)
+    assert (ran.returncode, ran.stdout) == (0, "threads done\n"), ran.stderr
+    result, _ = trace(app, "bash", "-c", "ulimit -s 16384; ulimit -s")
+    assert result.stdout == "16384\n"
+    template = (app / "bash.manifest.template").read_text()
+    assert 'sys.stack.size = "16M"' in template

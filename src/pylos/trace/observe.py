@@ -480,6 +480,15 @@ def _status(tid: int) -> dict[str, int]:
     return fields
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited but not reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            return stat_file.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 @contextlib.contextmanager
 def _borrowed_socket(tid: int, fd: int):
     """A duplicate of thread `tid`'s socket `fd` (pidfd_getfd), to ask it what it is."""
@@ -541,8 +550,11 @@ def observe(argv: list[str], env: Mapping[str, str] | None = None) -> Run:
     child_end.close()
 
     def forward(sig: int, _frame) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, sig)
+        # To the program; once it has exited (a daemon that forked away), to what it left.
+        targets = [child] if _alive(child) else sorted(observer.live - {child})
+        for target in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, sig)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGQUIT, signal.SIG_IGN)
