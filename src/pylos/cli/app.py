@@ -44,10 +44,12 @@ def _register() -> None:
         pf_cmds,
         run_cmds,
         sign_cmds,
+        trace_cmds,
         workspace_cmds,
     )
 
-    for module in (manifest_cmds, sign_cmds, run_cmds, pf_cmds, workspace_cmds, attest_cmds):
+    for module in (manifest_cmds, sign_cmds, run_cmds, pf_cmds, workspace_cmds, attest_cmds,
+                   trace_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -41,7 +41,7 @@ PT_INTERP = 3
 CLONE_NR = str(SYSCALLS["clone"]).encode()
 
 
-def _interpreter_of(fd: int) -> bytes | None:
+def interpreter_of(fd: int) -> bytes | None:
     """The path a kernel exec would also map: `#!` interpreter or ELF PT_INTERP."""
     head = os.pread(fd, 256, 0)
     if head.startswith(b"#!"):
@@ -81,7 +81,7 @@ def verify_executable(sup: Supervisor, pid: int, fd: int, name: str, depth: int 
             raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}'; file is not "
                               "allowed.")
         _stage(sup, pid, view_path, content, name)
-    interpreter = _interpreter_of(content)
+    interpreter = interpreter_of(content)
     if interpreter is None:
         return
     if depth >= MAX_INTERPRETER_DEPTH:
