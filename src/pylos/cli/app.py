@@ -41,13 +41,15 @@ def _register() -> None:
     from pylos.cli import (
         attest_cmds,
         manifest_cmds,
+        mrenclave_cmds,
         pf_cmds,
         run_cmds,
         sign_cmds,
         workspace_cmds,
     )
 
-    for module in (manifest_cmds, sign_cmds, run_cmds, pf_cmds, workspace_cmds, attest_cmds):
+    for module in (manifest_cmds, sign_cmds, mrenclave_cmds, run_cmds, pf_cmds, workspace_cmds,
+                   attest_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
 
