@@ -42,6 +42,7 @@ def _register() -> None:
         attest_cmds,
         manifest_cmds,
         mrenclave_cmds,
+        oci_cmds,
         pf_cmds,
         run_cmds,
         sign_cmds,
@@ -49,7 +50,7 @@ def _register() -> None:
     )
 
     for module in (manifest_cmds, sign_cmds, mrenclave_cmds, run_cmds, pf_cmds, workspace_cmds,
-                   attest_cmds):
+                   attest_cmds, oci_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
 
