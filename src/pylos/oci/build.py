@@ -29,6 +29,7 @@ import stat
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -102,8 +103,8 @@ class HostFiles:
         else:
             raise PylosError(f"'{current}' is neither a file nor a directory")
 
-    def add_tree(self, top: str, skip_top: set[str] = frozenset(),  # type: ignore[assignment]
-                 skip_anywhere: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    def add_tree(self, top: str, skip_top: Collection[str] = (),
+                 skip_anywhere: Collection[str] = ()) -> None:
         """`top` and everything below it (links to directories are added as links only)."""
         self.add(top)
         for directory, dirs, files in os.walk(top):
@@ -323,8 +324,9 @@ def _epoch() -> int | None:
 
 
 def build_image(app: str, output: Path, ref: str | None = None,
-                workdir: str = DEFAULT_WORKDIR) -> BuiltImage:
+                workdir: str | None = None) -> BuiltImage:
     """Write the OCI image of signed app `app` to the tar `output`."""
+    workdir = workdir or DEFAULT_WORKDIR
     if not workdir.startswith("/") or ".." in workdir.split("/"):
         raise PylosError(f"--workdir {workdir!r}: expected an absolute path without '..'")
     workdir = os.path.normpath(workdir)
