@@ -41,6 +41,8 @@ def _register() -> None:
     from pylos.cli import (
         attest_cmds,
         manifest_cmds,
+        mrenclave_cmds,
+        oci_cmds,
         pf_cmds,
         run_cmds,
         sign_cmds,
@@ -48,8 +50,8 @@ def _register() -> None:
         workspace_cmds,
     )
 
-    for module in (manifest_cmds, sign_cmds, run_cmds, pf_cmds, workspace_cmds, attest_cmds,
-                   trace_cmds):
+    for module in (manifest_cmds, sign_cmds, mrenclave_cmds, run_cmds, pf_cmds, workspace_cmds,
+                   attest_cmds, oci_cmds, trace_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -24,6 +24,7 @@ take 262 144 EADD records, a cost paid by every `pylos run` that re-checks the m
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from pylos.errors import InputError
@@ -135,6 +136,17 @@ def describe_layout(manifest_bytes: bytes, libos_hash: bytes, enclave_size: int,
     """The areas `measure_enclave` measures, highest address first (for verbose output)."""
     return [area for area, _ in _plan(manifest_bytes, libos_hash, enclave_size, max_threads,
                                       edmm)]
+
+
+def measured_pages(manifest_bytes: bytes, libos_hash: bytes, enclave_size: int,
+                   max_threads: int, edmm: bool) -> Iterator[tuple[Area, int, bytes]]:
+    """(area, page offset, page bytes) of every page `measure_enclave` adds, in its order
+    (ascending addresses): what `pylos mrenclave explain` compares record by record."""
+    plan = _plan(manifest_bytes, libos_hash, enclave_size, max_threads, edmm)
+    for area, content in reversed(plan):
+        padded = (content or b"").ljust(area.size, b"\0")
+        for start in range(0, area.size, PAGE_SIZE):
+            yield area, area.offset + start, padded[start : start + PAGE_SIZE]
 
 
 def measure_enclave(manifest_bytes: bytes, libos_hash: bytes, enclave_size: int,
