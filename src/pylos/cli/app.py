@@ -42,12 +42,14 @@ def _register() -> None:
         attest_cmds,
         manifest_cmds,
         pf_cmds,
+        python_cmds,
         run_cmds,
         sign_cmds,
         workspace_cmds,
     )
 
-    for module in (manifest_cmds, sign_cmds, run_cmds, pf_cmds, workspace_cmds, attest_cmds):
+    for module in (manifest_cmds, sign_cmds, run_cmds, pf_cmds, workspace_cmds, attest_cmds,
+                   python_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
 

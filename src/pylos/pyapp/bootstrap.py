@@ -58,6 +58,13 @@ def _pylos_trace(out, app, args):
         exec(code, main)
     except SystemExit as exc:
         status = exc.code
+    except BaseException as exc:
+        recording[0] = False
+        import traceback
+
+        # As Python reports an uncaught exception, without this function's frame.
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        raise SystemExit(1) from None
     finally:
         recording[0] = False
         snapshot = dict(sys.modules)

@@ -39,9 +39,10 @@ LIBGCC_S = "libgcc_s.so.1"
 
 @dataclass
 class Group:
-    """Trusted files from one origin, with the comment the manifest gives them."""
+    """Trusted files from one origin: a short label, the comment the manifest gives them."""
 
-    comment: str
+    label: str
+    comment: str = ""
     paths: list[str] = field(default_factory=list)
 
 
@@ -202,17 +203,17 @@ def _group(trace: Trace, files: _Collector) -> list[Group]:
                    if p and _under(os.path.realpath(p), base)]
     site_dirs = [os.path.realpath(p) for p in trace.site_packages]
     app_dir = os.path.realpath(os.path.dirname(trace.app))
-    interpreter = Group(f"The interpreter ({trace.venv.python} -> "
+    interpreter = Group("interpreter", f"The interpreter ({trace.venv.python} -> "
                         f"{os.path.realpath(trace.venv.python)}) and the venv's pyvenv.cfg")
-    libraries = Group("Shared libraries the interpreter and the extension modules link "
+    libraries = Group("libraries", "Shared libraries the interpreter and the extension modules link "
                       f"(ELF DT_NEEDED, as ld.so resolves them), and {LIBGCC_S}, which glibc "
                       "loads to unwind an ending thread")
-    stdlib = Group("")
+    stdlib = Group("standard library")
     by_dist: dict[tuple[str, str], Group] = {}
-    site = Group("Files in site-packages outside any distribution's RECORD (the .pth files "
+    site = Group("site-packages", "Files in site-packages outside any distribution's RECORD (the .pth files "
                  "site reads at start, ...)")
-    app = Group(f"The app and what it read from its directory ({app_dir})")
-    other = Group("Other files the app read")
+    app = Group("app", f"The app and what it read from its directory ({app_dir})")
+    other = Group("other", "Other files the app read")
     for real, key in sorted(files.keys.items()):
         named = files.named[real]
         if key == "interpreter":
@@ -220,7 +221,8 @@ def _group(trace: Trace, files: _Collector) -> list[Group]:
         elif key == "app":
             app.paths.append(real)
         elif (dist := lookup(named, real)) is not None:
-            group = by_dist.setdefault((dist.name, dist.version), Group(""))
+            group = by_dist.setdefault((dist.name, dist.version),
+                                       Group(f"{dist.name} {dist.version}"))
             group.paths.append(real)
         elif key == "libraries":
             libraries.paths.append(real)
