@@ -73,7 +73,6 @@ def _pylos_trace(out, app, args):
     import importlib.util
     import json
     import site
-    import sysconfig
 
     def pyc_state(origin, cached):
         """'valid' (Python uses it without compiling), 'unchecked' (hash-based, never
@@ -125,11 +124,8 @@ def _pylos_trace(out, app, args):
         })
 
     result = {
-        "status": status, "modules": modules, "opened": opened, "dlopened": dlopened,
-        "sys_path": initial_path, "executable": sys.executable, "prefix": sys.prefix,
-        "base_prefix": sys.base_prefix, "version": "%d.%d" % sys.version_info[:2],
-        "cache_tag": sys.implementation.cache_tag,
-        "stdlib": [sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib")],
+        "modules": modules, "opened": opened, "dlopened": dlopened, "sys_path": initial_path,
+        "base_prefix": sys.base_prefix, "cache_tag": sys.implementation.cache_tag,
         "site_packages": site.getsitepackages(), "distributions": distributions,
     }
     with open(out, "w") as f:

@@ -205,13 +205,13 @@ def _group(trace: Trace, files: _Collector) -> list[Group]:
     app_dir = os.path.realpath(os.path.dirname(trace.app))
     interpreter = Group("interpreter", f"The interpreter ({trace.venv.python} -> "
                         f"{os.path.realpath(trace.venv.python)}) and the venv's pyvenv.cfg")
-    libraries = Group("libraries", "Shared libraries the interpreter and the extension modules link "
-                      f"(ELF DT_NEEDED, as ld.so resolves them), and {LIBGCC_S}, which glibc "
-                      "loads to unwind an ending thread")
+    libraries = Group("libraries", "Shared libraries the interpreter and the extension modules "
+                      f"link (ELF DT_NEEDED, as ld.so resolves them), and {LIBGCC_S}, which "
+                      "glibc loads to unwind an ending thread")
     stdlib = Group("standard library")
     by_dist: dict[tuple[str, str], Group] = {}
-    site = Group("site-packages", "Files in site-packages outside any distribution's RECORD (the .pth files "
-                 "site reads at start, ...)")
+    site = Group("site-packages", "Files in site-packages outside any distribution's RECORD "
+                 "(the .pth files site reads at start, ...)")
     app = Group("app", f"The app and what it read from its directory ({app_dir})")
     other = Group("other", "Other files the app read")
     for real, key in sorted(files.keys.items()):

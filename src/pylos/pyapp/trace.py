@@ -85,19 +85,14 @@ class Trace:
     venv: Venv
     app: Path
     args: tuple[str, ...]
-    executable: str
-    prefix: str
     base_prefix: str
-    version: str
     cache_tag: str
-    stdlib: tuple[str, ...]
     site_packages: tuple[str, ...]
     sys_path: tuple[str, ...]
     modules: list[Module] = field(default_factory=list)
     files_read: list[str] = field(default_factory=list)  # read, never written, regular files
     dlopened: list[str] = field(default_factory=list)
     distributions: list[Distribution] = field(default_factory=list)
-    stdout: str = ""
 
 
 def _bootstrap_source() -> str:
@@ -143,10 +138,10 @@ def trace_app(venv: Venv, app: str | os.PathLike, args: tuple[str, ...] = (),
         raise InputError(f"{app} failed when run natively with {venv.python} (exit status "
                          f"{run.returncode}); init needs a run that succeeds. Its output "
                          f"ends with:{_tail(run.stderr or run.stdout) or ' (nothing)'}")
-    return _parse(data, venv, app_path, args, run.stdout)
+    return _parse(data, venv, app_path, args)
 
 
-def _parse(data: dict, venv: Venv, app: Path, args: tuple[str, ...], stdout: str) -> Trace:
+def _parse(data: dict, venv: Venv, app: Path, args: tuple[str, ...]) -> Trace:
     written = {path for path, writes in data["opened"] if writes}
     files_read: list[str] = []
     for path, _writes in data["opened"]:
@@ -156,9 +151,8 @@ def _parse(data: dict, venv: Venv, app: Path, args: tuple[str, ...], stdout: str
         if os.path.isfile(path):
             files_read.append(path)
     return Trace(
-        venv=venv, app=app, args=args, executable=data["executable"], prefix=data["prefix"],
-        base_prefix=data["base_prefix"], version=data["version"], cache_tag=data["cache_tag"],
-        stdlib=tuple(data["stdlib"]), site_packages=tuple(data["site_packages"]),
+        venv=venv, app=app, args=args, base_prefix=data["base_prefix"],
+        cache_tag=data["cache_tag"], site_packages=tuple(data["site_packages"]),
         sys_path=tuple(data["sys_path"]),
         modules=[Module(name, m["origin"], m.get("cached"), m.get("pyc"), m.get("archive"))
                  for name, m in sorted(data["modules"].items())],
@@ -167,5 +161,4 @@ def _parse(data: dict, venv: Venv, app: Path, args: tuple[str, ...], stdout: str
                                     tuple(d["files"]) if d["files"] is not None else None,
                                     tuple(d["top_level"]), d["metadata_dir"])
                        for d in data["distributions"]],
-        stdout=stdout,
     )
