@@ -3,8 +3,9 @@
 numpy comes from the package index (`pip install numpy` into a fresh venv, once per module;
 CI reaches an index, as `scripts/setup` does). Not Debian's python3-numpy: its BLAS is found
 through /etc/alternatives, which Gramine's python template (examples/python) does not mount,
-so installing it would turn that example's numpy check from skipped into failed. The
-pure-Python package `greet` is a wheel built here, installed with `pip --no-index`.
+so installing it would turn that example's numpy check from skipped into failed (where it
+is installed anyway, one test uses it). The pure-Python package `greet` is a wheel built
+here, installed with `pip --no-index`.
 """
 
 from __future__ import annotations
@@ -230,6 +231,34 @@ def test_package_linked_from_outside_the_venv(tmp_path, greet_venv, key):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello, enclave\n"
     assert str(elsewhere / "__init__.py") in trusted_paths(base)
+
+
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def debian_numpy() -> bool:
+    return os.path.exists(DEBIAN_PYTHON) and subprocess.run(
+        [DEBIAN_PYTHON, "-c", "import numpy; assert numpy.__file__.startswith('/usr/lib/')"],
+        capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not debian_numpy(), reason="Debian's python3-numpy is not installed")
+def test_debian_numpy_through_etc_alternatives(tmp_path, key):
+    """Debian's numpy links libblas.so.3 -> /etc/alternatives/... -> blas/libblas.so.3: the
+    hops resolve in the enclave, the system site-packages of a --system-site-packages venv
+    are traced like the venv's own."""
+    venv = tmp_path / "venv"
+    subprocess.run([DEBIAN_PYTHON, "-m", "venv", "--system-site-packages", "--without-pip",
+                    str(venv)], check=True)
+    app = tmp_path / "app" / "app.py"
+    app.parent.mkdir()
+    app.write_text("import numpy\n\nprint(numpy.arange(4.0).dot(numpy.arange(4.0)))\n")
+    base = build(app, venv, key)
+    result = run(base)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "14.0\n"
+    template = Path(f"{base}.manifest.template").read_text()
+    assert '{ path = "/etc/alternatives", uri = "file:/etc/alternatives" }' in template
 
 
 def test_app_arguments_go_to_the_native_run_and_the_manifest(tmp_path, greet_venv, key):
