@@ -117,10 +117,13 @@ def _distribution_of(dists: list[Distribution]):
             if path in by_file:
                 return by_file[path]
         for path in paths:
+            # A top-level module's file: NAME.py, NAME.<tag>.so, __pycache__/NAME.<tag>.pyc.
+            directory, name = os.path.split(path)
+            if os.path.basename(directory) == "__pycache__":
+                directory = os.path.dirname(directory)
+            module = os.path.join(directory, name.split(".", 1)[0])
             for top, dist in by_top:
-                stem = path.rsplit("/", 1)[-1].split(".", 1)[0]
-                if _under(path, top) or (os.path.dirname(path) == os.path.dirname(top)
-                                         and stem == os.path.basename(top)):
+                if _under(path, top) or module == top:
                     return dist
         return None
 

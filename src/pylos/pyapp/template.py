@@ -64,8 +64,9 @@ def render_template(plan: Plan, command: list[str]) -> str:
         if len(plan.uncompiled) > 20:
             lines.append(f"#   ... and {len(plan.uncompiled) - 20} more")
     if plan.missing_libraries:
-        lines.append("# Shared libraries not found on this host (the native run did not "
-                     "need them):")
+        lines += _comment("Shared libraries the ELF resolver did not find on this host "
+                          "(the native run may have found them another way: add them by hand "
+                          "if the enclave needs them):")
         lines += [f"#   {name} (needed by {by})" for name, by in plan.missing_libraries]
     lines += [
         "",
