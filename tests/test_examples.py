@@ -31,7 +31,7 @@ def example(tmp_path: Path):
         target = tmp_path / name
         # Only the sources, as a fresh clone has them, never locally built outputs.
         shutil.copytree(EXAMPLES / name, target, ignore=shutil.ignore_patterns(
-            "*.manifest", "*.manifest.sgx", "*.sig", "OUTPUT*", "testdir", name))
+            "*.manifest", "*.manifest.sgx", "*.sig", "OUTPUT*", "testdir", "venv", name))
         return target
 
     return copy
@@ -39,6 +39,13 @@ def example(tmp_path: Path):
 
 def test_helloworld_check(example, key):
     result = make(example("helloworld"), "check", key)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ Success ]" in result.stdout
+
+
+def test_python_venv_check(example, key):
+    """numpy and a local package installed by pip (the package index: as scripts/setup)."""
+    result = make(example("python-venv"), "check", key)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[ Success ]" in result.stdout
 

@@ -44,6 +44,7 @@ def _register() -> None:
         mrenclave_cmds,
         oci_cmds,
         pf_cmds,
+        python_cmds,
         run_cmds,
         sign_cmds,
         trace_cmds,
@@ -51,7 +52,7 @@ def _register() -> None:
     )
 
     for module in (manifest_cmds, sign_cmds, mrenclave_cmds, run_cmds, pf_cmds, workspace_cmds,
-                   attest_cmds, oci_cmds, trace_cmds):
+                   attest_cmds, oci_cmds, trace_cmds, python_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
 

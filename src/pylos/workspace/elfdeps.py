@@ -150,6 +150,15 @@ class Resolver:
                 return os.path.normpath(candidate), kind
         return None
 
+    def find(self, name: str, loaded_by: str) -> str | None:
+        """Where the loader finds library `name` when the ELF at `loaded_by` dlopens it
+        (that object's DT_RPATH/DT_RUNPATH, then ld.so.conf and the built-in directories)."""
+        info = self.info(loaded_by)
+        if info is None:
+            return None
+        found = self._find(name, [], info, os.path.dirname(os.path.abspath(loaded_by)))
+        return found[0] if found else None
+
     def resolve(self, path: str) -> Dependencies | None:
         """Dependencies of the ELF at host path `path`; None when it is not a dynamic ELF."""
         top = self.info(path)
