@@ -300,3 +300,17 @@ def test_directory_rename_interrupted_by_a_crash_is_finished(encrypted):
     result = enclave.run("read", "/enc/x/h")
     assert result.stdout == "read ok\n" and "finishing" not in result.stderr
     assert sorted(os.listdir(enc)) == ["e", "x"]
+
+
+def test_open_files_times_locks_and_truncation(encrypted):
+    # Unlink and rename of open files, nanosecond times, flock between processes, truncate.
+    enclave = encrypted()
+    result = enclave.run("open-files", "/enc")
+    assert result.stdout == "".join(f"ok {name}\n" for name in (
+        "unlink-open", "rename-open", "utime-ns", "flock", "truncate")), \
+        result.stdout + result.stderr
+    enc = enclave.root / "enc"
+    assert sorted(os.listdir(enc)) == ["lock", "o2", "t"]
+    assert decrypt(enc / "o2", "enc/o2") == b"xy"  # written after its rename, bound to o2
+    assert decrypt(enc / "t", "enc/t") == b"01234"
+    assert (enc / "o2").stat().st_mtime_ns == 1500000000987654321

@@ -6,6 +6,8 @@
  *   encfs stat PATH          the size stat() reports
  *   encfs cat PATH           the content
  *   encfs write PATH TEXT    create/truncate and write
+ *   encfs open-files DIR     unlink and rename of open files, utimensat with nanoseconds,
+ *                            flock across processes, truncate by path ("ok NAME" lines)
  *   encfs loop DIR           endless: append to DIR/log, rewrite DIR/state; every 4 rounds
  *                            fsync both and print "synced N" (N records are durable)
  */
@@ -16,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -175,6 +178,62 @@ static int posix(const char *dir) {
     return 0;
 }
 
+static int open_files(const char *dir) {
+    char buf[64];
+    struct stat st;
+    int fd = open(at(dir, "u"), O_CREAT | O_RDWR, 0644);
+    CHECK("unlink-open create", fd >= 0 && write(fd, "abc", 3) == 3);
+    CHECK("unlink-open unlink", unlink(at(dir, "u")) == 0 && access(at(dir, "u"), F_OK) != 0);
+    CHECK("unlink-open write", pwrite(fd, "def", 3, 3) == 3);
+    CHECK("unlink-open read", pread(fd, buf, 6, 0) == 6 && !memcmp(buf, "abcdef", 6));
+    CHECK("unlink-open nlink", fstat(fd, &st) == 0 && st.st_nlink == 0);
+    close(fd);
+    ok("unlink-open");
+
+    fd = open(at(dir, "o1"), O_CREAT | O_RDWR, 0644);
+    CHECK("rename-open create", fd >= 0 && write(fd, "x", 1) == 1);
+    char o2[4096];
+    snprintf(o2, sizeof o2, "%s/o2", dir);
+    CHECK("rename-open rename", rename(at(dir, "o1"), o2) == 0);
+    CHECK("rename-open write", write(fd, "y", 1) == 1);
+    close(fd);
+    fd = open(o2, O_RDONLY);
+    CHECK("rename-open read", fd >= 0 && read_all(fd, buf, sizeof buf) == 2 && !memcmp(buf, "xy", 2));
+    close(fd);
+    ok("rename-open");
+
+    struct timespec times[2] = {{1234567890, 123456789}, {1500000000, 987654321}};
+    CHECK("utime-ns set", utimensat(AT_FDCWD, o2, times, 0) == 0);
+    CHECK("utime-ns stat", stat(o2, &st) == 0 && st.st_atim.tv_sec == 1234567890 &&
+          st.st_atim.tv_nsec == 123456789 && st.st_mtim.tv_sec == 1500000000 &&
+          st.st_mtim.tv_nsec == 987654321);
+    ok("utime-ns");
+
+    fd = open(at(dir, "lock"), O_CREAT | O_RDWR, 0644);
+    CHECK("flock own", fd >= 0 && flock(fd, LOCK_EX) == 0);
+    pid_t child = fork();
+    if (child == 0) {
+        int other = open(at(dir, "lock"), O_RDWR);
+        _exit(other >= 0 && flock(other, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK ? 0 : 1);
+    }
+    int status = -1;
+    waitpid(child, &status, 0);
+    CHECK("flock held off the other process", WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(fd);
+    ok("flock");
+
+    fd = open(at(dir, "t"), O_CREAT | O_RDWR, 0644);
+    CHECK("truncate write", fd >= 0 && write(fd, "0123456789", 10) == 10);
+    close(fd);
+    CHECK("truncate", truncate(at(dir, "t"), 5) == 0 && stat(at(dir, "t"), &st) == 0 &&
+          st.st_size == 5);
+    fd = open(at(dir, "t"), O_RDONLY);
+    CHECK("truncate read", fd >= 0 && read_all(fd, buf, sizeof buf) == 5 && !memcmp(buf, "01234", 5));
+    close(fd);
+    ok("truncate");
+    return 0;
+}
+
 static void append(const char *file, int n, const char *tag) {
     int fd = open(file, O_CREAT | O_WRONLY | O_APPEND, 0600);
     if (fd < 0) fail("append open", file);
@@ -253,6 +312,7 @@ static void __attribute__((noreturn)) loop(const char *dir) {
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 3 && !strcmp(argv[1], "posix")) return posix(argv[2]);
+    if (argc == 3 && !strcmp(argv[1], "open-files")) return open_files(argv[2]);
     if (argc == 5 && !strcmp(argv[1], "append")) { append(argv[2], atoi(argv[3]), argv[4]); return 0; }
     if (argc == 4 && !strcmp(argv[1], "concurrent")) return concurrent(argv[2], atoi(argv[3]));
     if (argc == 3 && !strcmp(argv[1], "loop")) loop(argv[2]);

@@ -161,7 +161,7 @@ class AttestationFs(Driver):
         self.handles.pop(fh, None)
 
     def setattr(self, ctx: Context, path: str, fh: int | None, *, size: int | None,
-                mode: int | None) -> None:
+                mode: int | None, times: tuple[int | None, int | None] | None = None) -> None:
         if mode is not None:
             raise OSError(errno.EPERM, path)
         # O_TRUNC on open: the next write replaces the content anyway.

@@ -320,11 +320,19 @@ class EncryptedFs(Driver):
             raise OSError(errno.EBADF, "unknown handle") from None
 
     def setattr(self, ctx: Context, path: str, fh: int | None, *, size: int | None,
-                mode: int | None) -> None:
+                mode: int | None, times: tuple[int | None, int | None] | None = None) -> None:
         if mode is not None and not path.startswith("\0"):
             # The program's mode, kept as the host file's (the server, root of the enclave's
             # user namespace, reads and writes whatever the mode says).
             os.chmod(self.host(path), stat.S_IMODE(mode))
+        if times is not None:  # times are the host file's too (names and times are not secret)
+            target: int | str = (self.handles[fh].fd if fh is not None and fh in self.handles
+                                 else self.host(path))
+            current = os.stat(target, follow_symlinks=False) if isinstance(target, str) else (
+                os.fstat(target))
+            os.utime(target, ns=(current.st_atime_ns if times[0] is None else times[0],
+                                 current.st_mtime_ns if times[1] is None else times[1]),
+                     **({"follow_symlinks": False} if isinstance(target, str) else {}))
         if size is None:
             return
         if fh is not None and fh in self.handles:

@@ -18,6 +18,7 @@ import os
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
 # setattr_in.valid bits.
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1, 2, 4, 8
-FATTR_FH = 64
+FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW, FATTR_MTIME_NOW = 16, 32, 64, 128, 256
 GETATTR_FH = 1
 FSYNC_FDATASYNC = 1
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
@@ -140,7 +141,8 @@ class Driver:
         pass
 
     def setattr(self, ctx: Context, path: str, fh: int | None, *, size: int | None,
-                mode: int | None) -> None:
+                mode: int | None, times: tuple[int | None, int | None] | None = None) -> None:
+        """`times`: (atime, mtime) in ns to set, None for one to keep (None: neither)."""
         raise OSError(errno.EPERM, "setattr")
 
     def mkdir(self, ctx: Context, path: str, mode: int) -> None:
@@ -187,6 +189,8 @@ class FuseServer:
         self.log = log
         self.name = name  # the mount point, for log lines
         self.paths: dict[int, str] = {ROOT_ID: ""}
+        # Open handles by node: fstat of an unlinked open file comes without its handle.
+        self.open_handles: dict[int, set[int]] = {}
         self.nodes: dict[str, int] = {"": ROOT_ID}
         self.lookups: dict[int, int] = {}
         self.next_node = ROOT_ID + 1
@@ -347,7 +351,11 @@ class FuseServer:
 
     def _getattr(self, ctx: Context, nodeid: int, args: memoryview) -> bytes:
         flags, _, fh = GETATTR_IN.unpack_from(args)
-        attr = self.driver.getattr(ctx, self._path(nodeid), fh if flags & GETATTR_FH else None)
+        path = self._path(nodeid)
+        handles = self.open_handles.get(nodeid)
+        if not flags & GETATTR_FH and handles and path.startswith("\0"):
+            flags, fh = GETATTR_FH, next(iter(handles))  # deleted: only a handle reaches it
+        attr = self.driver.getattr(ctx, path, fh if flags & GETATTR_FH else None)
         seconds, nanos = self._valid()
         return ATTR_OUT.pack(seconds, nanos, 0) + self._attr(nodeid, attr)
 
@@ -357,15 +365,24 @@ class FuseServer:
         if valid & (FATTR_UID | FATTR_GID):
             raise OSError(errno.EPERM, "chown")
         path = self._path(nodeid)
+        times = None
+        if valid & (FATTR_ATIME | FATTR_MTIME):
+            now = time.time_ns()
+            atime, mtime = (fields[5] * 10**9 + fields[8], fields[6] * 10**9 + fields[9])
+            times = (None if not valid & FATTR_ATIME else now if valid & FATTR_ATIME_NOW
+                     else atime,
+                     None if not valid & FATTR_MTIME else now if valid & FATTR_MTIME_NOW
+                     else mtime)
         self.driver.setattr(ctx, path, fh if valid & FATTR_FH else None,
                             size=size if valid & FATTR_SIZE else None,
-                            mode=mode if valid & FATTR_MODE else None)
+                            mode=mode if valid & FATTR_MODE else None, times=times)
         return self._getattr(ctx, nodeid, memoryview(GETATTR_IN.pack(
             GETATTR_FH if valid & FATTR_FH else 0, 0, fh)))
 
     def _open(self, ctx: Context, nodeid: int, args: memoryview) -> bytes:
         flags, _ = OPEN_IN.unpack_from(args)
         fh, open_flags = self.driver.open(ctx, self._path(nodeid), flags)
+        self.open_handles.setdefault(nodeid, set()).add(fh)
         return OPEN_OUT.pack(fh, open_flags, 0)
 
     def _create(self, ctx: Context, nodeid: int, args: memoryview) -> bytes:
@@ -377,6 +394,7 @@ class FuseServer:
         except OSError:
             self.driver.release(ctx, fh)
             raise
+        self.open_handles.setdefault(self.nodes[path], set()).add(fh)
         return entry + OPEN_OUT.pack(fh, open_flags, 0)
 
     def _read(self, ctx: Context, _nodeid: int, args: memoryview) -> bytes:
@@ -392,8 +410,14 @@ class FuseServer:
         self.driver.flush(ctx, struct.unpack_from("<Q", args)[0])
         return b""
 
-    def _release(self, ctx: Context, _nodeid: int, args: memoryview) -> bytes:
-        self.driver.release(ctx, RELEASE_IN.unpack_from(args)[0])
+    def _release(self, ctx: Context, nodeid: int, args: memoryview) -> bytes:
+        fh = RELEASE_IN.unpack_from(args)[0]
+        handles = self.open_handles.get(nodeid)
+        if handles is not None:
+            handles.discard(fh)
+            if not handles:
+                del self.open_handles[nodeid]
+        self.driver.release(ctx, fh)
         return b""
 
     def _fsync(self, ctx: Context, _nodeid: int, args: memoryview) -> bytes:
