@@ -46,7 +46,7 @@ def test_template_maps_to_manifest_values(tmp_path: Path):
     assert data["sgx"]["enclave_size"] == "512M"  # a power of two, as SGX requires
     assert data["sgx"]["max_threads"] == 32
     assert data["sys"]["stack"]["size"] == "4M" and data["sys"]["brk"]["max_size"] == "32M"
-    assert data["fs"]["root"] == {"uri": "file:image"}
+    assert data["fs"]["root"] == {"type": "union", "uri": "file:image"}
     assert {"path": "/host", "uri": "file:."} in data["fs"]["mounts"]
 
 

@@ -77,26 +77,37 @@ def test_edited_measured_config_is_refused(workspace: Path):
     assert "does not match the signed manifest" in result.stderr
 
 
-def test_image_is_read_only_inside(workspace: Path):
+def test_root_is_a_union_over_the_image(workspace: Path):
+    # Occlum's unionfs root: files may be made anywhere; the image on the host never changes
+    # (the layer above lives in enclave memory; /root is the persistent encrypted layer).
+    before = {p: p.read_bytes() for p in (workspace / "image").rglob("*") if p.is_file()}
     result = run_pylos("run", "/bin/wsprog", "write", "/bin/new", "x", cwd=workspace)
-    assert result.returncode == 3
-    assert not (workspace / "image" / "bin" / "new").exists()
+    assert result.returncode == 0, result.stderr
+    result = run_pylos("run", "/bin/wsprog", "write", "/etc/hosts", "changed", cwd=workspace)
+    assert result.returncode == 0, result.stderr
+    assert {p: p.read_bytes() for p in (workspace / "image").rglob("*") if p.is_file()} == before
+    # each run starts from the image again
+    assert run_pylos("run", "/bin/wsprog", "cat", "/etc/hosts", cwd=workspace
+                     ).stdout == "127.0.0.1 localhost\n"
 
 
 def test_host_mount_does_not_expose_the_image_writably(workspace: Path, key: Path):
-    """Occlum's template mounts the workspace at /host; the image, build/ and run/ under it
-    must stay read-only, or a program could rewrite its own trusted files. (Entries of the
-    workspace are allowed one by one, as they exist at build time.)"""
+    """Occlum's template mounts the workspace at /host, read-write: programs create host
+    files there, new ones included. The image, build/, run/ and Occlum.json under it stay
+    read-only, or a program could rewrite its own trusted files."""
     (workspace / "shared").mkdir()
     build_workspace(workspace, key)
-    ok = run_pylos("run", "/bin/wsprog", "write", "/host/shared/out.txt", "hi", cwd=workspace)
-    assert ok.returncode == 0, ok.stderr
-    assert (workspace / "shared" / "out.txt").read_text() == "hi"
-    for target in ("/host/image/bin/wsprog", "/host/image/bin/evil",
-                   "/host/build/pylos/config.marshal", "/host/Occlum.json.new"):
+    for target in ("/host/shared/out.txt", "/host/new-after-build.txt"):
+        ok = run_pylos("run", "/bin/wsprog", "write", target, "hi", cwd=workspace)
+        assert ok.returncode == 0, ok.stderr
+        assert (workspace / target.removeprefix("/host/")).read_text() == "hi"
+    for target in ("/host/image/bin/wsprog", "/host/image/bin/evil", "/host/Occlum.json",
+                   "/host/build/pylos/config.marshal", "/host/build/new", "/host/run/new",
+                   "/.pylos/server.py"):
         bad = run_pylos("run", "/bin/wsprog", "write", target, "x", cwd=workspace)
         assert bad.returncode == 3, (target, bad.stdout, bad.stderr)
     assert not (workspace / "image" / "bin" / "evil").exists()
+    assert not (workspace / "build" / "new").exists()
 
 
 def test_root_persists_across_runs_and_rebuilds_until_reset(workspace: Path, key: Path):
@@ -205,6 +216,26 @@ def test_server_forwards_stdio_and_shares_the_writable_layer(server: Path):
                                                                  "stdin done\n")
     assert _exec(server, "/bin/wsprog", "write", "/root/x", "1").returncode == 0
     assert _exec(server, "/bin/wsprog", "cat", "/root/x").stdout == "1"
+
+
+def test_server_changes_the_union_root_for_its_lifetime(server: Path):
+    assert _exec(server, "/bin/wsprog", "write", "/etc/hosts", "changed").returncode == 0
+    assert _exec(server, "/bin/wsprog", "write", "/lib/made", "made").returncode == 0
+    assert _exec(server, "/bin/wsprog", "cat", "/etc/hosts").stdout == "changed"
+    assert _exec(server, "/bin/wsprog", "cat", "/lib/made").stdout == "made"
+    assert (server / "image" / "etc" / "hosts").read_text() == "127.0.0.1 localhost\n"
+    assert not (server / "image" / "lib" / "made").exists()
+
+
+def test_copy_up_of_a_tampered_image_file_is_refused(server: Path):
+    # Changing a file of the image copies it up: from bytes the host could have swapped.
+    assert _exec(server, "/bin/wsprog", "append", "/lib/made", "x").returncode == 0  # made
+    (server / "image" / "etc" / "hosts").write_text("10.6.6.6 localhost\n")
+    result = _exec(server, "/bin/wsprog", "append", "/etc/hosts", "x")
+    assert result.returncode == 3 and "Operation not permitted" in result.stderr
+    assert "10.6.6.6" not in _exec(server, "/bin/wsprog", "cat", "/etc/hosts").stdout
+    log = (server / "run" / "server.log").read_text()
+    assert "Hash of trusted file" in log and "/etc/hosts" in log
 
 
 def test_server_refuses_paths_outside_entry_points(server: Path):

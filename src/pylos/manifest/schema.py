@@ -162,8 +162,12 @@ _MOUNT_FIELDS: dict[str, Checker] = {
     "key_name": Str,
     "enable_recovery": Bool,
 }
-Mount = Table({"path": Str, **_MOUNT_FIELDS}, required=("path",))
-RootMount = Table(_MOUNT_FIELDS)
+# pylos_read_only (pylos's own): a chroot mount read-only even below an allowed directory, as
+# a workspace's image/, build/ and run/ under its /host mount
+Mount = Table({"path": Str, **_MOUNT_FIELDS, "pylos_read_only": Bool}, required=("path",))
+# pylos's own root type "union": the uri's files (trusted) below, a layer in enclave memory
+# above, as Occlum's unionfs root (docs/occlum.md)
+RootMount = Table({**_MOUNT_FIELDS, "type": Enum(*MOUNT_TYPES, "union")})
 
 TrustedFile = OneOf(
     Str,

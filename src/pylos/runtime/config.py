@@ -36,6 +36,7 @@ class Mount:
     key_name: str = "default"
     enable_recovery: bool = False
     bound: str | None = None  # encrypted: the path its files are bound to (Gramine's rule)
+    read_only: bool = False  # pylos_read_only: never writable, allowed or not
 
 
 @dataclass
@@ -114,7 +115,7 @@ def _mount(table: dict, key: str, cwd: Path, path: str) -> Mount:
 
         bound = normalize_path(uri_to_path(uri, f"{key}.uri"))  # relative stays relative
     return Mount(kind, os.path.normpath(path), host, table.get("key_name", "default"),
-                 table.get("enable_recovery", False), bound)
+                 table.get("enable_recovery", False), bound, table.get("pylos_read_only", False))
 
 
 def _read_nul_separated(uri: str, key: str, cwd: Path) -> list[str]:

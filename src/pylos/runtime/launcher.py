@@ -54,7 +54,7 @@ from pylos.runtime.namespaces import (
 )
 from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
-from pylos.runtime.syscalls import directories, files, memory, metadata, processes
+from pylos.runtime.syscalls import directories, files, memory, metadata, processes, union
 from pylos.runtime.syscalls.table import SYSCALLS
 from pylos.runtime.watchdog import StartupStalled, StartupWatchdog, start_timeout
 
@@ -123,6 +123,8 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
     if config.disallow_subprocesses:
         trapped.update(fork=processes.refuse_subprocess, vfork=processes.refuse_subprocess)
     trapped.update(metadata.HANDLERS)
+    if config.root.type == "union":
+        trapped.update(union.HANDLERS)
     for name, value in config.mock_syscalls.items():
         if name not in SYSCALLS:
             raise PylosError(f"sys.debug__mock_syscalls: unknown system call {name!r}")
@@ -227,7 +229,8 @@ def view_plan(config: EnclaveConfig) -> ViewPlan:
             else:
                 entries.append((mount.path, mount.path))
         elif mount.type == "chroot":
-            entries.append((mount.path, Bind(mount.host, mount.path, writable(mount.host))))
+            entries.append((mount.path, Bind(mount.host, mount.path,
+                                             writable(mount.host) and not mount.read_only)))
         else:
             raise PylosError(f"fs.mounts: mount type {mount.type!r} (at {mount.path}) is not "
                              "supported by this pylos runtime yet")
@@ -243,8 +246,9 @@ def view_plan(config: EnclaveConfig) -> ViewPlan:
     if config.extra_runtime_domain_names_conf:
         synthesized["/etc/resolv.conf"] = host_resolv_conf()
     return ViewPlan(
-        root_host=config.root.host if config.root.type == "chroot" else None,
+        root_host=config.root.host if config.root.type in ("chroot", "union") else None,
         root_writable=writable(config.root.host),
+        root_union=config.root.type == "union",
         binds=[entry for _, entry in entries],
         loader_search=[*search, "/lib", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"],
         synthesized=synthesized,
@@ -272,7 +276,7 @@ def view_rules(config: EnclaveConfig, plan: ViewPlan) -> tuple[tuple[str, int], 
     from pylos.runtime import landlock
 
     root = landlock.READ_ONLY | landlock.EXECUTE | (
-        landlock.WRITABLE if plan.root_writable else 0)
+        landlock.WRITABLE if plan.root_writable or plan.root_union else 0)
     rules = [("/", root)]
     rules += [(bind.path, landlock.WRITABLE) for bind in plan.binds
               if isinstance(bind, Bind) and bind.writable]
@@ -492,10 +496,15 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Conf
         fuse_ids = mount_all(fuse, fuse_fds, config.uid, config.gid)
     # The view's root travels as an fd: the supervisor never derives it from a TID (reusable).
     root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    union = [result.union_upper_fd] if result.union_upper_fd >= 0 else []
     socket.send_fds(channel, [marshal.dumps({"writable": result.writable_mount_ids,
                                              "private": result.private_mount_ids + fuse_ids,
-                                             "warnings": fuse_warnings})], [root, *fuse_fds])
+                                             "union": result.union_mount_id,
+                                             "warnings": fuse_warnings})],
+                    [root, *union, *fuse_fds])
     os.close(root)
+    for fd in union:
+        os.close(fd)
     nested = [fd for index, fd in enumerate(fuse_fds) if is_nested(fuse, index)]
     for fd in fuse_fds:
         if fd not in nested:  # a nested mount's descriptor waits for its mount
@@ -728,7 +737,7 @@ def _start(config: EnclaveConfig, log: Log, plan: ViewPlan, confinement: Confine
 def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.socket,
                creator: int, stager: Stager | None, watchdog: StartupWatchdog) -> int:
     from pylos.runtime.identity import IdentityPolicy
-    from pylos.runtime.policy import FilePolicy, TrustedFiles
+    from pylos.runtime.policy import FilePolicy, TrustedFiles, UnionRoot
     from pylos.runtime.supervisor import Supervisor
 
     sigterm_injected = False
@@ -766,8 +775,9 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
         return _exit_code(status)
     listener = seccomp.Listener(fds[0])
     listener.enable_sync_wake_up()
+    union = UnionRoot(view["union"], root_fds[1]) if _union_fds(config) else None
     policy = FilePolicy(TrustedFiles(config.trusted, log,
-                                     config.host_path_of, config.decrypt_trusted),
+                                     config.host_path_of, config.decrypt_trusted, union),
                         set(view["writable"]), set(view["private"]), config.allow_all_but_log, log,
                         IdentityPolicy(config) if stager is None else None)
     supervisor = Supervisor(listener, config, policy, log, handlers, root_fds[0], stager)
@@ -795,7 +805,8 @@ def _receive_enclave(config: EnclaveConfig, log: Log, channel: socket.socket, cr
     listener fd); no view when the program could not start."""
     watchdog.enter("namespaces", "the enclave's user, mount and PID namespaces")
     while True:
-        message, root_fds, _, _ = socket.recv_fds(channel, 65536, 1 + len(config.fuse.mounts))
+        message, root_fds, _, _ = socket.recv_fds(
+            channel, 65536, 1 + _union_fds(config) + len(config.fuse.mounts))
         view = marshal.loads(message) if message else {"error": "the enclave did not start"}
         if "stage" not in view:
             break
@@ -817,11 +828,16 @@ def _receive_enclave(config: EnclaveConfig, log: Log, channel: socket.socket, cr
         log("warning", warning)
     with watchdog.stage("file servers", "the servers of the encrypted mounts and "
                         "/dev/attestation to start"):
-        config.fuse.start(root_fds[1:], root_fds[0], log, close=fds)
+        config.fuse.start(root_fds[1 + _union_fds(config):], root_fds[0], log, close=fds)
         if config.fuse.has_nested and stager is not None:
             view["private"] += stager.mount_nested()
             config.fuse.serve_nested()
     return view, root_fds, fds
+
+
+def _union_fds(config: EnclaveConfig) -> int:
+    """How many descriptors of a union root (its upper layer) follow the view's root."""
+    return 1 if config.root.type == "union" else 0
 
 
 def _join_user_namespace(pid: int) -> None:

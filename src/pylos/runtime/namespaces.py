@@ -183,6 +183,7 @@ class ViewPlan:
 
     root_host: str | None
     root_writable: bool
+    root_union: bool = False  # root_host below, a layer in enclave memory above (overlayfs)
     binds: list[Bind | str] = field(default_factory=list)  # a str entry is a tmpfs path
     loader_search: list[str] = field(default_factory=list)
     synthesized: dict[str, bytes] = field(default_factory=dict)  # path -> content (read-only)
@@ -197,6 +198,8 @@ class ViewResult:
     writable_mount_ids: list[int] = field(default_factory=list)
     private_mount_ids: list[int] = field(default_factory=list)
     staging_dirfd: int = -1  # init's only: the writable exec staging tmpfs
+    union_mount_id: int = -1  # a union root's overlay mount
+    union_upper_fd: int = -1  # its upper layer (O_PATH), for the supervisor's policy
 
 
 class ViewBuilder:
@@ -286,6 +289,23 @@ class ViewBuilder:
         self.skeletons.append(real)
         self.populate(host, path, writable)
 
+    def union_root(self, host_dir: str) -> None:
+        """The root as Occlum's union: `host_dir` read-only below, an upper layer in the
+        enclave's memory (a tmpfs, never the host's disk) that takes every change. The
+        layers live in the view's own tmpfs, hidden once the overlay is mounted over it.
+        noexec as the host binds: what runs from below is staged verified copies."""
+        if any(c in host_dir for c in ",:\\"):
+            raise PylosError(f"fs.root: a union root's directory cannot contain ',', ':' or "
+                             f"'\\' (overlayfs options): '{host_dir}'")
+        layers = self.real("/.pylos-union")
+        for directory in (layers, f"{layers}/upper", f"{layers}/work"):
+            os.mkdir(directory, 0o755)
+        self.result.union_upper_fd = os.open(f"{layers}/upper",
+                                             os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        mount("overlay", self.newroot, "overlay", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              f"lowerdir={host_dir},upperdir={layers}/upper,workdir={layers}/work,userxattr")
+        self.result.union_mount_id = _mount_id_of(self.newroot)
+
     def populate(self, host_dir: str, path: str, writable: bool) -> None:
         """Bind each entry of `host_dir` at `path/<entry>` (symlinks are recreated)."""
         for name in sorted(os.listdir(host_dir)):
@@ -335,7 +355,8 @@ class ViewBuilder:
         self._protect_kernel_knobs()
         self._make_sys_subset()
         self._make_loader_resolvable(loader_search)
-        for skeleton in [*self.skeletons, self.newroot]:
+        union = [] if self.result.union_mount_id >= 0 else [self.newroot]  # the union stays rw
+        for skeleton in [*self.skeletons, *union]:
             mount(None, skeleton, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
     def _protect_kernel_knobs(self) -> None:
@@ -450,7 +471,9 @@ def build_view(plan: ViewPlan, newroot: str, start_dir: str) -> ViewResult:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", newroot, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
     builder = ViewBuilder(newroot)
-    if plan.root_host is not None:
+    if plan.root_host is not None and plan.root_union:
+        builder.union_root(plan.root_host)
+    elif plan.root_host is not None:
         # Entries of the root are bound one by one into the tmpfs skeleton, so new top-level
         # mount points are created in the skeleton, never in the host directory.
         builder.populate(plan.root_host, "/", plan.root_writable)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from pylos.hashing import FileKey
 from pylos.runtime.identity import IdentityPolicy
-from pylos.runtime.target import mount_id
+from pylos.runtime.target import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, mount_id, openat2
 
 SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
@@ -48,12 +48,46 @@ class Verified:
     size: int
 
 
+class UnionRoot:
+    """A union root (`fs.root.type = "union"`): the overlay's mount and its upper layer.
+
+    A file of the overlay is the enclave's own when its upper layer has it (made or changed
+    in this run); otherwise it is the host file below, trusted by its path like any other.
+    Asked after the file was opened: an upper copy made meanwhile is read through the same
+    descriptor (overlayfs follows copy-ups), so a trusted file changed by the program fails
+    its hash check, never passes unverified."""
+
+    def __init__(self, mount_id: int, upper_fd: int) -> None:
+        self.mount_id = mount_id
+        self.upper_fd = upper_fd
+
+    def holds(self, fd: int) -> bool:
+        return mount_id(fd) == self.mount_id
+
+    def in_upper(self, fd: int) -> bool:
+        path = os.readlink(f"/proc/self/fd/{fd}").lstrip("/")
+        if not path:
+            return True  # the root directory itself
+        try:
+            found = openat2(self.upper_fd, path.encode(), os.O_PATH | os.O_NOFOLLOW
+                            | os.O_CLOEXEC, 0, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(found)
+            return not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0)  # a whiteout: deleted
+        finally:
+            os.close(found)
+
+
 class TrustedFiles:
     """Trusted host files by inode, and their verified, sealed in-memory copies."""
 
     def __init__(self, expected: dict[str, str], log: Callable[[str, str], None],
                  host_path_of: Callable[[str], str | None] = lambda _path: None,
-                 decrypt: Callable[[int, str], bytes | None] | None = None) -> None:
+                 decrypt: Callable[[int, str], bytes | None] | None = None,
+                 union: UnionRoot | None = None) -> None:
+        self.union = union
         self._expected_by_path = expected
         self._decrypt = decrypt
         self._host_path_of = host_path_of
@@ -76,6 +110,13 @@ class TrustedFiles:
         directory) all trusted files are indexed by inode once.
         """
         inode = (st.st_dev, st.st_ino)
+        if fd is not None and self.union is not None and self.union.holds(fd):
+            # The overlay's inode is not the host file's: by path alone (the hash decides).
+            if self.union.in_upper(fd):
+                return None
+            host = self._host_path_of(os.readlink(f"/proc/self/fd/{fd}"))
+            digest = self._expected_by_path.get(host) if host else None
+            return (host, digest) if host and digest else None
         known = self._known.get(inode)
         if known is not None:
             return known
@@ -239,6 +280,9 @@ class FilePolicy:
             return Admitted(self.trusted.verified_copy(fd, host_path, expected, st).memfd,
                             "trusted, verified")
         mnt_id = mount_id(fd)
+        union = self.trusted.union
+        if union is not None and mnt_id == union.mount_id and union.in_upper(fd):
+            return Admitted(fd, "the enclave's own (the union root's upper layer)")
         if mnt_id in self.writable_mounts:
             return Admitted(fd, "allowed")
         if mnt_id in self.private_mounts:

@@ -278,20 +278,24 @@ def copy_up(ws: Path, key: bytes, log: Log) -> int:
     return copied
 
 
-def _allowed_host_dirs(ws: Path, source: str) -> list[str]:
-    """The allowed-file URIs for a hostfs source. A source that contains the image, build/
-    or run/ (Occlum's template mounts the workspace at /host) is allowed entry by entry,
-    without those: allowing the whole directory would make the image writable."""
-    host = (ws / source).resolve() if not source.startswith("/") else Path(source).resolve()
-    protected = [ws / "image", ws / "build", ws / "run"]
-    if not any(p == host or host in p.parents for p in protected):
-        return [_uri(ws, host) + ("/" if host.is_dir() else "")]
-    uris = []
-    for entry in sorted(host.iterdir()):
-        if entry in protected or any(entry in p.parents for p in protected):
-            continue
-        uris.append(_uri(ws, entry) + ("/" if entry.is_dir() and not entry.is_symlink() else ""))
-    return uris
+PROTECTED = ("image", "build", "run", CONFIG_NAME)
+
+
+def _hostfs_mounts(ws: Path, host: Path, target: str) -> tuple[list[dict], list[str]]:
+    """A hostfs mount (read-write: Occlum's template mounts the workspace itself at /host so
+    that programs create host files there), and its allowed-file URI. What of the workspace
+    lies below it is bound read-only over it: image/, build/, run/ and Occlum.json would
+    otherwise be writable from inside (the enclave could rewrite its own trusted files, the
+    exec server's socket directory or the writable layer's ciphertext); a source inside one
+    of them is read-only as a whole."""
+    protected = [ws / name for name in PROTECTED]
+    mount = {"path": target, "uri": _uri(ws, host)}
+    if any(path == host or path in host.parents for path in protected):
+        return [{**mount, "pylos_read_only": True}], []
+    covers = [path for path in protected if host in path.parents and path.exists()]
+    overlays = [{"path": f"{target.rstrip('/')}/{path.relative_to(host)}",
+                 "uri": _uri(ws, path), "pylos_read_only": True} for path in covers]
+    return [mount, *overlays], [_uri(ws, host) + ("/" if host.is_dir() else "")]
 
 
 def _uri(ws: Path, host: Path) -> str:
@@ -312,7 +316,8 @@ def manifest_data(ws: Path, config: WorkspaceConfig, staged: dict,
     if occlum_level not in LOG_LEVELS:
         raise PylosError(f"OCCLUM_LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got "
                          f"{occlum_level!r}")
-    mounts: list[dict] = [{"path": "/.pylos", "uri": f"file:{PYLOS_DIR}"},
+    # read-only even though Occlum's /host mount allows the workspace that holds it
+    mounts: list[dict] = [{"path": "/.pylos", "uri": f"file:{PYLOS_DIR}", "pylos_read_only": True},
                           {"path": "/.pylos/run", "uri": "file:run/server"}]
     allowed = ["file:run/server/"]
     for inside in WRITABLE:
@@ -328,8 +333,9 @@ def manifest_data(ws: Path, config: WorkspaceConfig, staged: dict,
         if not host.exists():
             raise PylosError(f"{CONFIG_NAME}: hostfs source '{mount.source}' (for "
                              f"{mount.target}) does not exist")
-        mounts.append({"path": mount.target, "uri": _uri(ws, host.resolve())})
-        allowed += _allowed_host_dirs(ws, mount.source)
+        hostfs, uris = _hostfs_mounts(ws, host.resolve(), mount.target)
+        mounts += hostfs
+        allowed += uris
     enclave_size = _power_of_two(config.user_space_size)
     return {
         "libos": {"entrypoint": staged["loader"]},
@@ -340,7 +346,9 @@ def manifest_data(ws: Path, config: WorkspaceConfig, staged: dict,
             "env": {"PYTHONHOME": "/.pylos/python"},
             "log_level": LOG_LEVELS[occlum_level],
         },
-        "fs": {"root": {"uri": f"file:{root}"}, "start_dir": "/", "mounts": mounts},
+        # Occlum's union root: the image below, changes above (docs/occlum.md)
+        "fs": {"root": {"type": "union", "uri": f"file:{root}"}, "start_dir": "/",
+               "mounts": mounts},
         "sys": {"stack": {"size": _size(config.stack_size)},
                 "brk": {"max_size": _size(config.heap_size)},
                 "enable_extra_runtime_domain_names_conf": True},

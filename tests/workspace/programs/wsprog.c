@@ -30,8 +30,9 @@ int main(int argc, char **argv) {
         fflush(stdout);
         return atoi(argv[2]);
     }
-    if (!strcmp(mode, "write") && argc > 3) { /* write argv[3] to the file argv[2] */
-        FILE *f = fopen(argv[2], "w");
+    if ((!strcmp(mode, "write") || !strcmp(mode, "append")) && argc > 3) {
+        /* write (or append) argv[3] to the file argv[2] */
+        FILE *f = fopen(argv[2], !strcmp(mode, "write") ? "w" : "a");
         if (!f) {
             perror(argv[2]);
             return 3;

@@ -256,6 +256,8 @@ def _open_in_view_or_by_host_link(sup: Supervisor, pid: int, dirfd: int, path: b
     whose last component is such a link, the host resolves the link, and the file it ends at
     is opened only if the manifest trusts that very path (it is then verified as any
     trusted file). Anything else keeps the view's ENOENT."""
+    if flags & WRITE_INTENT and not flags & os.O_TRUNC and sup.policy.trusted.union is not None:
+        _verify_copy_up_of(sup, pid, dirfd, path, flags, resolve, nid)
     try:
         return _open_in_view(sup, pid, dirfd, path, flags, mode, resolve, nid)
     except OSError as exc:
@@ -266,6 +268,35 @@ def _open_in_view_or_by_host_link(sup: Supervisor, pid: int, dirfd: int, path: b
             raise
         return os.open(target, (flags & (O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY))
                        | os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _verify_copy_up_of(sup: Supervisor, pid: int, dirfd: int, path: bytes, flags: int,
+                       resolve: int, nid: int) -> None:
+    """A write to a union root's file below copies it up: verified first (syscalls/union.py)."""
+    from pylos.runtime.syscalls.union import verify_copy_up
+
+    try:
+        probe = _open_in_view(sup, pid, dirfd, path, O_PATH | (flags & os.O_NOFOLLOW), 0,
+                              resolve, nid)
+    except OSError:
+        return  # nothing there (created) or the real open's own error
+    try:
+        verify_copy_up(sup, probe, path.decode(errors="replace"))
+    finally:
+        os.close(probe)
+
+
+def _verify_copy_up_of_own_fd(sup: Supervisor, pid: int, number: int, name: str) -> None:
+    from pylos.runtime.syscalls.union import verify_copy_up
+
+    try:
+        probe = os.open(f"/proc/{pid}/fd/{number}", O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return  # no such descriptor: _reopen_own_fd answers
+    try:
+        verify_copy_up(sup, probe, name)
+    finally:
+        os.close(probe)
 
 
 def _trusted_target_of_host_link(sup: Supervisor, pid: int, dirfd: int, path: bytes,
@@ -498,9 +529,11 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
                               "process's descriptor")
         within_rights = False
         if own_fd is not None or match:
+            number = own_fd if own_fd is not None else int(match.group(2))
+            if flags & WRITE_INTENT and sup.policy.trusted.union is not None:
+                _verify_copy_up_of_own_fd(sup, pid, number, name)
             fd, st, pending, within_rights = _reopen_own_fd(
-                pid, own_fd if own_fd is not None else int(match.group(2)),
-                flags & ~(os.O_CREAT | os.O_EXCL | os.O_CLOEXEC))
+                pid, number, flags & ~(os.O_CREAT | os.O_EXCL | os.O_CLOEXEC))
         else:
             judge_first = sup.policy.identity is not None
             if judge_first and not flags & WRITE_INTENT:

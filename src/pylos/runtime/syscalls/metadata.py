@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from pylos.runtime.policy import PolicyError
 from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view
+from pylos.runtime.syscalls.union import verify_copy_up
 from pylos.runtime.target import mount_id, read_memory, read_path
 
 if TYPE_CHECKING:
@@ -77,6 +78,9 @@ def _judge(sup: Supervisor, fd: int, name: str) -> None:
         mnt_id = mount_id(fd)
         if mnt_id in sup.policy.writable_mounts or mnt_id in sup.policy.private_mounts:
             return
+        union = sup.policy.trusted.union
+        if union is not None and mnt_id == union.mount_id:
+            return  # a union root changes above the image (verify_copy_up next)
         if os.fstatvfs(fd).f_flag & os.ST_RDONLY:
             raise OSError(errno.EROFS, "a read-only mount of the view")
         raise PolicyError(errno.EPERM, f"Disallowing changing the attributes of '{name}'; "
@@ -92,6 +96,7 @@ def _serve(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int | None, f
     try:
         fd, name = _target(sup, n, dirfd, path_ptr, flags)
         _judge(sup, fd, name)
+        verify_copy_up(sup, fd, name)
         change(f"/proc/self/fd/{fd}")
         sup.listener.reply(n.id, 0)
     except PolicyError as exc:
