@@ -25,9 +25,6 @@ import hashlib
 import hmac
 import struct
 
-from cryptography.hazmat.primitives.ciphers.algorithms import AES
-from cryptography.hazmat.primitives.cmac import CMAC
-
 from pylos.sgx.structs import (
     FLAG_DEBUG,
     FLAG_INIT,
@@ -68,6 +65,11 @@ def _base_key(platform_secret: bytes, key_name: int) -> bytes:
 
 
 def _cmac(key: bytes, data: bytes) -> bytes:
+    # Imported here: every signed `pylos run` imports this module (SIM_CPU_SVN), and only
+    # one that derives a key needs the cryptography bindings (~15 ms to import).
+    from cryptography.hazmat.primitives.ciphers.algorithms import AES
+    from cryptography.hazmat.primitives.cmac import CMAC
+
     mac = CMAC(AES(key))
     mac.update(data)
     return mac.finalize()
