@@ -69,3 +69,45 @@ def test_a_tampered_image_file_is_never_copied_up(union: Path):
     assert lines[5] == "read ok"  # what was copied up was emptied: no host byte in it
     assert result.stderr.count("Hash of trusted file") >= 5
 
+
+
+def test_copy_up_racing_a_host_that_swaps_the_bytes(union: Path):
+    # While the host keeps rewriting image files, the program appends to each (a copy-up):
+    # each either gets the verified bytes plus its own (16 bytes), or EPERM and an emptied
+    # copy (0 bytes); the host's bytes (16, plus 8 appended) never reach it.
+    import threading
+    import time
+
+    etc = union / "image" / "etc"
+    names = [f"r{i}.conf" for i in range(150)]
+    for name in names:
+        (etc / name).write_text("trusted\n")
+    template = (union / "app.manifest.template").read_text()
+    assert run_pylos("manifest", "-c", template, "app.manifest", cwd=union).returncode == 0
+    args = [arg for name in names for arg in ("write", f"/etc/{name}", "size", f"/etc/{name}")]
+    seen: dict[tuple[str, str], int] = {}
+    for _ in range(3):  # until the race was run both ways (it is, nearly always, at once)
+        stop = threading.Event()
+
+        def swap(stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                for content in ("host-tampered!!\n", "trusted\n"):
+                    for name in names:
+                        (etc / name).write_text(content)
+                    time.sleep(0.002)
+
+        swapper = threading.Thread(target=swap)
+        swapper.start()
+        try:
+            result = run(union, *args)
+        finally:
+            stop.set()
+            swapper.join()
+        lines = result.stdout.splitlines()
+        assert len(lines) == 2 * len(names), result.stderr
+        for outcome in zip(lines[::2], lines[1::2], strict=True):
+            assert outcome in {("write ok", "size 16"), ("write EPERM", "size 0")}, outcome
+            seen[outcome] = seen.get(outcome, 0) + 1
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, seen

@@ -41,6 +41,19 @@ int main(int argc, char **argv) {
             report(op, fd < 0 ? -1 : (int)read(fd, buf, sizeof buf));
             if (fd >= 0)
                 close(fd);
+        } else if (!strcmp(op, "size")) { /* the bytes a read of the whole file gets */
+            int fd = open(path, O_RDONLY);
+            char buf[4096];
+            long total = 0;
+            ssize_t n = 0;
+            while (fd >= 0 && (n = read(fd, buf, sizeof buf)) > 0)
+                total += n;
+            if (fd < 0 || n < 0)
+                report(op, -1);
+            else
+                printf("size %ld\n", total);
+            if (fd >= 0)
+                close(fd);
         } else if (!strcmp(op, "write")) {
             int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
             report(op, fd < 0 ? -1 : (int)write(fd, "written\n", 8));
