@@ -75,3 +75,13 @@ def test_busybox_check(example, key):
     assert result.returncode == 0, result.stdout + result.stderr
     for n in range(1, 6):
         assert f"[ Success {n}/5 ]" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
+                    reason="gcc and make are needed")
+def test_gcc_check(example, key):
+    # make and gcc inside the enclave: access(X_OK) of trusted tools, exec of each (cc1, as,
+    # collect2, ld) verified, the alternatives links (cc, which) through the mounted /etc.
+    result = make(example("gcc"), "check", key)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ Success ]" in result.stdout and "/usr/bin/cc" in result.stdout

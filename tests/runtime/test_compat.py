@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -272,3 +273,33 @@ def test_heap_limit_of_the_manifest(make_enclave):
         result.stdout + result.stderr
     assert "the heap reached sys.brk.max_size (1048576 bytes)" in result.stderr
     assert make_enclave("heap").run().stdout == "sbrk grew 65536 KiB\nmalloc ok\n"
+
+
+def test_access_x_ok_of_trusted_executables(make_enclave):
+    # Host binds are noexec (exec runs verified copies), yet access(X_OK) must say what an
+    # exec would do: gcc looks for cc1 that way, `which` and make too.
+    enclave = make_enclave("credentials")
+    (enclave.root / "plain.txt").chmod(0o755)  # executable, but not trusted
+    (enclave.root / "data" / "ok.txt").chmod(0o755)  # allowed: never runs
+    result = enclave.run("access", "/app", "x", "access", "/app", "rx", "access", "/app", "wx",
+                         "access", "/trusted.txt", "x", "access", "/plain.txt", "x",
+                         "access", "/data/ok.txt", "x", "access", "/lib/libc.so.6", "rx",
+                         "access", "/lib", "x", "access", "/missing", "x")
+    assert result.stdout.splitlines() == [
+        "access /app x ok", "access /app rx ok", "access /app wx EROFS",
+        "access /trusted.txt x EACCES", "access /plain.txt x EACCES",
+        "access /data/ok.txt x EACCES", "access /lib/libc.so.6 rx ok", "access /lib x ok",
+        "access /missing x ENOENT"], result.stdout + result.stderr
+
+
+def test_execveat_of_a_trusted_descriptor(make_enclave):
+    # execveat(fd, "", AT_EMPTY_PATH) of a trusted file opened read-only: the descriptor is
+    # the sealed verified copy, which runs; an untrusted file's descriptor does not.
+    enclave = make_enclave("credentials")
+    shutil.copy(enclave.root / "app", enclave.root / "tool")  # trusted, never run by path
+    shutil.copy(enclave.root / "app", enclave.root / "data" / "copy")
+    enclave.render(template=TEMPLATE.replace('  "file:app",\n', '  "file:app",\n  "file:tool",\n'))
+    result = enclave.run("execveat", "/tool", "opath", "/")
+    assert result.stdout == "opath ok\n", result.stdout + result.stderr
+    result = enclave.run("execveat", "/data/copy", "opath", "/")
+    assert result.stdout == "execveat EACCES\n", result.stdout + result.stderr

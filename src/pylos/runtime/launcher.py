@@ -54,7 +54,15 @@ from pylos.runtime.namespaces import (
 )
 from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
-from pylos.runtime.syscalls import directories, files, memory, metadata, processes, union
+from pylos.runtime.syscalls import (
+    access,
+    directories,
+    files,
+    memory,
+    metadata,
+    processes,
+    union,
+)
 from pylos.runtime.syscalls.table import SYSCALLS
 from pylos.runtime.watchdog import StartupStalled, StartupWatchdog, start_timeout
 
@@ -137,6 +145,13 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
         actions[SYSCALLS[name]] = seccomp.RET_USER_NOTIF
         handlers[SYSCALLS[name]] = handler
     rules: list[seccomp.ArgRule | seccomp.SizeRule] = []
+    for name, (handler, mode_arg) in access.HANDLERS.items():
+        if name in config.mock_syscalls:
+            continue
+        handlers[SYSCALLS[name]] = handler  # X_OK only: the filter looks at the mode
+        rules.append(seccomp.ArgRule(SYSCALLS[name], mode_arg,
+                                     ((access.X_OK, seccomp.RET_USER_NOTIF),),
+                                     actions.pop(SYSCALLS[name], seccomp.RET_ALLOW)))
     if "unlinkat" not in config.mock_syscalls:  # only directory removal needs a look
         handlers[SYSCALLS["unlinkat"]] = directories.handle_unlinkat
         rules.append(seccomp.ArgRule(

@@ -99,6 +99,9 @@ class TrustedFiles:
         # (device, inode) of the copies staged in the view for exec (runtime/staging.py):
         # verified bytes on a read-only private tmpfs.
         self.staged: set[tuple[int, int]] = set()
+        # (device, inode) of the sealed verified copies opens are served: a program's
+        # descriptor of one holds verified bytes (execveat(fd, "", AT_EMPTY_PATH) may run it)
+        self.copy_inodes: set[tuple[int, int]] = set()
 
     def lookup(self, st: os.stat_result, fd: int | None = None) -> tuple[str, str] | None:
         """(host path, sha256) of the trusted file with this inode, if it is one.
@@ -180,8 +183,12 @@ class TrustedFiles:
             raise
         self._log("debug", f"trusted file '{host_path}' verified ({key.size} bytes, sha256 "
                   f"{digest[:16]}…)")
-        verified = Verified(memfd, key.size)
+        return self._remember(key, Verified(memfd, key.size))
+
+    def _remember(self, key: FileKey, verified: Verified) -> Verified:
         self._copies[key] = verified
+        copy = os.fstat(verified.memfd)
+        self.copy_inodes.add((copy.st_dev, copy.st_ino))
         return verified
 
     def _seal_plaintext(self, memfd: int, plain: bytes, host_path: str, expected: str,
@@ -196,9 +203,7 @@ class TrustedFiles:
         while view:
             view = view[os.write(memfd, view):]
         fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, SEALS)
-        verified = Verified(memfd, len(plain))
-        self._copies[key] = verified
-        return verified
+        return self._remember(key, Verified(memfd, len(plain)))
 
 
 def _writes(flags: int) -> bool:

@@ -5,7 +5,9 @@
  *   write PATH            open for writing (as whoever the program is now)
  *   unlink PATH | rename OLD NEW | rmdir PATH
  *   affinity              sched_setaffinity to CPU 0, then what sched_getaffinity returns
- *   opath PATH            open(PATH, O_PATH) and fstat it */
+ *   opath PATH            open(PATH, O_PATH) and fstat it
+ *   access PATH MODE      access(PATH, MODE), MODE a combination of r, w, x
+ *   execveat PATH ARGS... open PATH read-only and run it by descriptor (AT_EMPTY_PATH) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -15,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static const char *result(int ok) { return ok ? "ok" : strerrorname_np(errno); }
@@ -73,6 +76,17 @@ int main(int argc, char **argv) {
             CPU_ZERO(&now);
             sched_getaffinity(0, sizeof now, &now);
             printf("affinity %s %d\n", result(ok), CPU_COUNT(&now));
+        } else if (!strcmp(op, "access") && i + 2 < argc) {
+            const char *path = argv[++i], *letters = argv[++i];
+            int mode = (strchr(letters, 'r') ? R_OK : 0) | (strchr(letters, 'w') ? W_OK : 0) |
+                       (strchr(letters, 'x') ? X_OK : 0);
+            printf("access %s %s %s\n", path, letters, result(access(path, mode) == 0));
+        } else if (!strcmp(op, "execveat") && i + 1 < argc) {
+            int fd = open(argv[i + 1], O_RDONLY | O_CLOEXEC);
+            /* the new image's argv: PATH, then the rest */
+            syscall(SYS_execveat, fd, "", &argv[i + 1], environ, AT_EMPTY_PATH);
+            printf("execveat %s\n", result(0));
+            return 1;
         } else if (!strcmp(op, "opath") && i + 1 < argc) {
             int fd = open(argv[++i], O_PATH);
             struct stat st;

@@ -66,8 +66,12 @@ def verify_executable(sup: Supervisor, pid: int, fd: int, name: str, depth: int 
     if not stat.S_ISREG(st.st_mode):
         raise PolicyError(errno.EACCES, f"Disallowing exec of '{name}': not a regular file")
     trusted = sup.policy.trusted
-    if (st.st_dev, st.st_ino) in trusted.staged:
-        content = fd  # staged earlier: verified bytes already
+    if (st.st_dev, st.st_ino) in trusted.staged or (st.st_dev, st.st_ino) in trusted.copy_inodes:
+        # Verified bytes already: a staged copy, or the sealed copy a trusted open gave the
+        # program (execveat(fd, "", AT_EMPTY_PATH)). A thread that swaps the descriptor after
+        # this check can only swap in another such copy: every other descriptor a program
+        # can hold is of a noexec mount or a memfd sealed non-executable.
+        content = fd
     else:
         view_path = os.readlink(f"/proc/self/fd/{fd}")
         entry = trusted.lookup(st, fd)
