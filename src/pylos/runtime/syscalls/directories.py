@@ -15,7 +15,7 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view
+from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view, reply_unreadable
 from pylos.runtime.target import read_path
 
 if TYPE_CHECKING:
@@ -52,8 +52,7 @@ def _serve(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int) -> None:
     try:
         path = read_path(n.pid, path_ptr)
     except OSError as exc:
-        if sup.listener.id_valid(n.id):
-            sup.listener.reply(n.id, error=exc.errno or errno.EFAULT)
+        reply_unreadable(sup, n, exc)
         return
     answer = _read_only_answer(sup, n, dirfd, path) if path else 0
     if answer:

@@ -164,6 +164,13 @@ def open_flags_text(flags: int) -> str:
     return "|".join(names)
 
 
+def reply_unreadable(sup: Supervisor, n: Notification, exc: OSError) -> None:
+    """The call's arguments in the program's memory could not be read: its errno (EFAULT),
+    unless the caller is gone, when nobody is there to answer."""
+    if sup.listener.id_valid(n.id):
+        sup.listener.reply(n.id, error=exc.errno or errno.EFAULT)
+
+
 def _open_in_view(sup: Supervisor, pid: int, dirfd: int, path: bytes, flags: int, mode: int,
                   resolve: int, nid: int | None = None) -> int:
     """Open `path` as the program would, confined to the view (no magic links, no escape).
@@ -499,8 +506,7 @@ def emulate_open(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
     try:
         path = read_path(pid, path_ptr)
     except OSError as exc:
-        if sup.listener.id_valid(n.id):
-            sup.listener.reply(n.id, error=exc.errno or errno.EFAULT)
+        reply_unreadable(sup, n, exc)
         return
     if not sup.listener.id_valid(n.id):
         return  # the caller is gone or was interrupted: its memory meant nothing
@@ -651,8 +657,7 @@ def handle_openat2(sup: Supervisor, n: Notification) -> None:
     try:
         flags, mode, resolve = read_open_how(n.pid, n.args[2], n.args[3])
     except OSError as exc:
-        if sup.listener.id_valid(n.id):
-            sup.listener.reply(n.id, error=exc.errno or errno.EFAULT)
+        reply_unreadable(sup, n, exc)
         return
     if not sup.listener.id_valid(n.id):
         return

@@ -23,7 +23,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from pylos.runtime.policy import PolicyError
-from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view
+from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view, reply_unreadable
 from pylos.runtime.syscalls.union import verify_copy_up
 from pylos.runtime.target import mount_id, read_memory, read_path
 
@@ -178,11 +178,6 @@ def _read_times(n: Notification, address: int, layout: struct.Struct,
     return to_timespec(layout.unpack(read_memory(n.pid, address, layout.size)))
 
 
-def _reply_error(sup: Supervisor, n: Notification, exc: OSError) -> None:
-    if sup.listener.id_valid(n.id):
-        sup.listener.reply(n.id, error=exc.errno or errno.EFAULT)
-
-
 def _timeval_times(values: tuple[int, ...]) -> bytes:
     a_sec, a_usec, m_sec, m_usec = values
     if not (0 <= a_usec < 1_000_000 and 0 <= m_usec < 1_000_000):
@@ -195,7 +190,7 @@ def handle_utime(sup: Supervisor, n: Notification) -> None:
         times = _read_times(n, n.args[1], UTIMBUF,
                             lambda v: TIMESPEC_PAIR.pack(v[0], 0, v[1], 0))
     except OSError as exc:
-        _reply_error(sup, n, exc)
+        reply_unreadable(sup, n, exc)
         return
     _serve(sup, n, AT_FDCWD, n.args[0], 0, _utime(times))
 
@@ -204,7 +199,7 @@ def handle_utimes(sup: Supervisor, n: Notification) -> None:
     try:
         times = _read_times(n, n.args[1], TIMEVAL_PAIR, _timeval_times)
     except OSError as exc:
-        _reply_error(sup, n, exc)
+        reply_unreadable(sup, n, exc)
         return
     _serve(sup, n, AT_FDCWD, n.args[0], 0, _utime(times))
 
@@ -213,7 +208,7 @@ def handle_futimesat(sup: Supervisor, n: Notification) -> None:
     try:
         times = _read_times(n, n.args[2], TIMEVAL_PAIR, _timeval_times)
     except OSError as exc:
-        _reply_error(sup, n, exc)
+        reply_unreadable(sup, n, exc)
         return
     _serve(sup, n, _int32(n.args[0]), n.args[1] or None, 0, _utime(times))
 
@@ -226,7 +221,7 @@ def handle_utimensat(sup: Supervisor, n: Notification) -> None:
     try:
         times = _read_times(n, n.args[2], TIMESPEC_PAIR, lambda v: TIMESPEC_PAIR.pack(*v))
     except OSError as exc:
-        _reply_error(sup, n, exc)
+        reply_unreadable(sup, n, exc)
         return
     # utimensat(fd, NULL, ...) is futimens: the descriptor itself.
     path_ptr = n.args[1] or None

@@ -17,7 +17,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from pylos.runtime.policy import PolicyError
-from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view
+from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view, reply_unreadable
 from pylos.runtime.syscalls.table import SYSCALLS
 from pylos.runtime.target import read_path, thread_group
 
@@ -123,8 +123,7 @@ def _verify_exec(sup: Supervisor, n: Notification, dirfd: int, path_ptr: int, fl
     try:
         path = read_path(n.pid, path_ptr)
     except OSError as exc:
-        if sup.listener.id_valid(n.id):
-            sup.listener.reply(n.id, error=exc.errno or errno.EFAULT)
+        reply_unreadable(sup, n, exc)
         return
     if not sup.listener.id_valid(n.id):
         return
