@@ -314,3 +314,24 @@ def test_open_files_times_locks_and_truncation(encrypted):
     assert decrypt(enc / "o2", "enc/o2") == b"xy"  # written after its rename, bound to o2
     assert decrypt(enc / "t", "enc/t") == b"01234"
     assert (enc / "o2").stat().st_mtime_ns == 1500000000987654321
+
+
+def test_sigterm_to_the_group_lets_the_program_save_its_state(encrypted):
+    # `kill -TERM -<pylos run>` (how services and the benchmarks stop a server): with
+    # sys.enable_sigterm_injection the program saves to its encrypted mount and exits. The
+    # mount's server must still be there: redis refuses to exit when its final save fails.
+    import signal
+
+    enclave = encrypted("termsave", extra="sys.enable_sigterm_injection = true\n")
+    process = subprocess.Popen([PYLOS, "run", "app", "/enc/state"], cwd=enclave.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        assert process.stdout.readline() == "ready\n"
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, process.stderr.read()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert decrypt(enclave.root / "enc" / "state", "enc/state") == b"final state\n"

@@ -233,8 +233,14 @@ class FuseSetup:
         from pylos.runtime.fs.fuse import Driver, FuseServer
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        # Out of the supervisor's process group: `kill -TERM -<pylos run>` (a service manager,
+        # a benchmark stopping a server) is for the program, which may still write its final
+        # state here (redis saves a snapshot on SIGTERM, and will not exit if it cannot). The
+        # supervisor ends the server by its pid once the enclave has ended.
+        os.setpgid(0, 0)
         # Ctrl-C and friends are for the program; the server ends when the enclave does.
-        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP):
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP,
+                    signal.SIGTTOU, signal.SIGTTIN):
             signal.signal(sig, signal.SIG_IGN)
         servers: list[FuseServer] = []
 
