@@ -18,13 +18,6 @@ def make(example: Path, target: str, key: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("key") / "enclave-key.pem"
-    subprocess.run([PYLOS, "gen-key", str(path)], check=True, capture_output=True)
-    return path
-
-
 @pytest.fixture
 def example(tmp_path: Path):
     def copy(name: str) -> Path:

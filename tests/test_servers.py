@@ -10,17 +10,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support import EXAMPLES, PROJECT_ROOT, PYLOS
+from support import EXAMPLES, PROJECT_ROOT, PYLOS, free_port, wait_for_port
 
 # name [make arguments]: (client tools `make check` needs, the last success line it prints)
 SERVERS = {
@@ -43,12 +40,6 @@ def require(*tools: str) -> None:
                     "Debian packages when run as root")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make(example: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`make ARGS` in its own process group, which is killed whatever happens (a check that
     hangs must not leave its server behind)."""
@@ -63,13 +54,6 @@ def make(example: Path, *args: str, timeout: float = 300) -> subprocess.Complete
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
-
-
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("key") / "enclave-key.pem"
-    subprocess.run([PYLOS, "gen-key", str(path)], check=True, capture_output=True)
-    return path
 
 
 @pytest.fixture
@@ -130,31 +114,7 @@ def hammer(port: int, connections: int, requests: int, expected: bytes) -> list[
     return errors
 
 
-@pytest.fixture
-def server_process() -> Iterator[list[subprocess.Popen]]:
-    """Processes started by a test, killed (process group) at its end whatever happened."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited: {process.stderr.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
-
-
-def test_ten_thousand_requests_from_32_connections(example, key, server_process,
+def test_ten_thousand_requests_from_32_connections(example, key, processes,
                                                    record_property) -> None:
     """nginx without open_file_cache: every request opens the page, so every request is a
     trapped open served by the supervisor. No request may fail, and the supervisor's memory
@@ -169,7 +129,7 @@ def test_ten_thousand_requests_from_32_connections(example, key, server_process,
     page = (nginx / "html" / "index.html").read_bytes()
     process = subprocess.Popen([PYLOS, "run", "nginx"], cwd=nginx, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-    server_process.append(process)
+    processes.append(process)
     wait_for_port(port, process)
 
     assert hammer(port, 32, 1000, page) == []  # warm-up: caches and pools at their size
@@ -184,7 +144,6 @@ def test_ten_thousand_requests_from_32_connections(example, key, server_process,
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0, process.stderr.read()
-
 
 
 def test_bench_smoke(tmp_path: Path) -> None:

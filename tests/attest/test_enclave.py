@@ -21,7 +21,7 @@ from pylos.attest.platform import SimulatedPlatform
 from pylos.attest.quote import make_quote
 from pylos.attest.verify import Policy, verify_quote
 
-from support import EXAMPLES, PYLOS, run_pylos
+from support import EXAMPLES, PYLOS, free_port, run_pylos
 
 TEMPLATE = """\
 libos.entrypoint = "/bin/sh"
@@ -46,19 +46,6 @@ sgx.trusted_files = [
 """
 SECRET_TEXT = "the plaintext only the provisioned key opens\n"
 KEY = bytes(range(100, 116))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("key") / "enclave-key.pem"
-    assert run_pylos("gen-key", str(path)).returncode == 0
-    return path
 
 
 class ShellEnclave:
@@ -91,8 +78,8 @@ class ShellEnclave:
 
 
 @pytest.fixture
-def shell(tmp_path: Path, signing_key: Path) -> ShellEnclave:
-    return ShellEnclave(tmp_path / "app", signing_key)
+def shell(tmp_path: Path, key: Path) -> ShellEnclave:
+    return ShellEnclave(tmp_path / "app", key)
 
 
 def test_quote_for_a_signed_enclave_has_its_sigstruct_measurements(shell, platform):
@@ -234,7 +221,7 @@ for _ in range(int(sys.argv[2])):
 '''
 
 
-def test_https_server_in_enclave_verified_by_python_client(tmp_path, signing_key, platform_dir):
+def test_https_server_in_enclave_verified_by_python_client(tmp_path, key, platform_dir):
     python = "/usr/bin/python3"
     if not Path(python).exists():
         pytest.skip(f"{python} is needed in the enclave")
@@ -250,7 +237,7 @@ def test_https_server_in_enclave_verified_by_python_client(tmp_path, signing_key
     for args in (("manifest", "-Dlog_level=error", "-Darch_libdir=/lib/x86_64-linux-gnu",
                   f"-Dentrypoint={python}", "-Dra_type=dcap", "python.manifest.template",
                   "python.manifest"),
-                 ("sign", "-k", str(signing_key), "-m", "python.manifest", "-q")):
+                 ("sign", "-k", str(key), "-m", "python.manifest", "-q")):
         result = run_pylos(*args, cwd=root)
         assert result.returncode == 0, result.stderr
     mr_enclave = json.loads(run_pylos("sigstruct-view", "--json", "python.sig", cwd=root)

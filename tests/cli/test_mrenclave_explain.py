@@ -23,13 +23,6 @@ sgx.trusted_files = [ "file:app", "file:lib/" ]
 EXIT_DIFFER = 3
 
 
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("key") / "enclave-key.pem"
-    assert run_pylos("gen-key", str(path)).returncode == 0
-    return path
-
-
 def build(directory: Path, key: Path, *, lib: bytes = b"lib v1", log_level: str = "error",
           size: str = "256M", threads: int = 4, date: str = "2024-01-02") -> Path:
     (directory / "lib").mkdir(parents=True)

@@ -155,13 +155,6 @@ def sign_and_run(workspace: Path, app: str, key: Path) -> subprocess.CompletedPr
     return run_pylos("run", app, cwd=workspace)
 
 
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("key") / "enclave-key.pem"
-    assert run_pylos("gen-key", str(path)).returncode == 0
-    return path
-
-
 @pytest.mark.parametrize("kind", ["docker-save", "oci"])
 def test_import_sign_run(tmp_path: Path, key: Path, kind: str):
     layers = [base_layer(), TOP_LAYER]

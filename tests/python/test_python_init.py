@@ -99,13 +99,6 @@ def greet_venv(tmp_path: Path) -> Path:
     return make_venv(tmp_path / "venv", "--no-index", str(build_wheel(tmp_path)))
 
 
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("key") / "enclave-key.pem"
-    assert run_pylos("gen-key", str(path)).returncode == 0
-    return path
-
-
 def init(app: Path, venv: Path, *extra: str) -> subprocess.CompletedProcess:
     return run_pylos("python", "init", str(app), "--venv", str(venv), *extra, cwd=app.parent)
 

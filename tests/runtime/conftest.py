@@ -11,7 +11,6 @@ import pytest
 from pylos.runtime.doctor import FOR_TESTS, missing_features
 
 from runtime_support import PROGRAMS, SECRET, TEMPLATE, Enclave, shell_template
-from support import run_pylos
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,9 +51,3 @@ def make_enclave(tmp_path: Path, programs: Path):
 
     return make
 
-
-@pytest.fixture(scope="session")
-def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("key") / "enclave-key.pem"
-    assert run_pylos("gen-key", str(path)).returncode == 0
-    return path

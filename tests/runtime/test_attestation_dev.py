@@ -218,19 +218,19 @@ def platform_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def python_enclave(tmp_path: Path, signing_key: Path, platform_dir: Path) -> PythonEnclave:
+def python_enclave(tmp_path: Path, key: Path, platform_dir: Path) -> PythonEnclave:
     if not Path(PYTHON).exists():
         pytest.skip(f"{PYTHON} is needed in the enclave")
-    return PythonEnclave(tmp_path / "python", signing_key, platform_dir)
+    return PythonEnclave(tmp_path / "python", key, platform_dir)
 
 
 @pytest.fixture(scope="module")
-def signed(tmp_path_factory: pytest.TempPathFactory, signing_key: Path,
+def signed(tmp_path_factory: pytest.TempPathFactory, key: Path,
            platform_dir: Path) -> PythonEnclave:
     """One signed python enclave with remote attestation (dcap), shared by several tests."""
     if not Path(PYTHON).exists():
         pytest.skip(f"{PYTHON} is needed in the enclave")
-    enclave = PythonEnclave(tmp_path_factory.mktemp("signed"), signing_key, platform_dir)
+    enclave = PythonEnclave(tmp_path_factory.mktemp("signed"), key, platform_dir)
     (enclave.root / "enc").mkdir()
     # A mount naming key "default" without setting it: keys/default exists, empty.
     enclave.build(mounts='  { type = "encrypted", path = "/enc/", uri = "file:enc/" },\n')

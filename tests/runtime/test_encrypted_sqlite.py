@@ -17,12 +17,12 @@ KEY = bytes.fromhex("ffeeddccbbaa99887766554433221100")
 
 
 @pytest.mark.skipif(shutil.which("sqlite3") is None, reason="Debian's sqlite3 is needed")
-def test_sqlite_example_check(tmp_path: Path, signing_key: Path):
+def test_sqlite_example_check(tmp_path: Path, key: Path):
     example = tmp_path / "sqlite"
     shutil.copytree(EXAMPLES / "sqlite", example, ignore=shutil.ignore_patterns(
         "*.manifest", "*.manifest.sgx", "*.sig", "OUTPUT*", "db"))
     env = {**os.environ, "PATH": f"{Path(PYLOS).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(["make", "SGX=1", f"SGX_SIGNER_KEY={signing_key}", "check"],
+    result = subprocess.run(["make", "SGX=1", f"SGX_SIGNER_KEY={key}", "check"],
                             cwd=example, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[ Success 1/2 ]" in result.stdout and "[ Success 2/2 ]" in result.stdout

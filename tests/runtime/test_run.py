@@ -16,9 +16,9 @@ def test_development_mode_runs_and_says_so(make_enclave):
     assert "development mode" in result.stderr
 
 
-def test_signed_enclave_runs_with_insecure_banner(make_enclave, signing_key):
+def test_signed_enclave_runs_with_insecure_banner(make_enclave, key):
     enclave = make_enclave("hello")
-    enclave.sign(signing_key)
+    enclave.sign(key)
     result = enclave.run()
     assert result.returncode == 0, result.stderr
     assert result.stdout == "Hello, world\n"
@@ -46,18 +46,18 @@ def test_sgx_option_refuses_an_unsigned_enclave(make_enclave):
                              "with `pylos sign -m app.manifest`\n")
 
 
-def test_direct_option_runs_the_unsigned_manifest(make_enclave, signing_key):
+def test_direct_option_runs_the_unsigned_manifest(make_enclave, key):
     enclave = make_enclave("hello")
-    enclave.sign(signing_key)
+    enclave.sign(key)
     assert run_pylos("run", "--sgx", "app", cwd=enclave.root).stdout == "Hello, world\n"
     result = run_pylos("run", "--direct", "app", "3", cwd=enclave.root)
     assert result.returncode == 3 and result.stdout.startswith("Hello, world\n")
     assert "running app.manifest unsigned (--direct: development mode" in result.stderr
 
 
-def test_stale_signed_manifest_is_an_error_with_the_fix(make_enclave, signing_key):
+def test_stale_signed_manifest_is_an_error_with_the_fix(make_enclave, key):
     enclave = make_enclave("hello")
-    enclave.sign(signing_key)
+    enclave.sign(key)
     enclave.render(extra='loader.env.EDITED = "1"\n')  # edited and re-rendered, not re-signed
     result = enclave.run()
     assert result.returncode == 2 and result.stdout == ""
@@ -108,9 +108,9 @@ def test_exit_status_and_arguments(make_enclave):
     assert "arg[2]=two words" in result.stdout
 
 
-def test_edited_signed_manifest_is_refused(make_enclave, signing_key):
+def test_edited_signed_manifest_is_refused(make_enclave, key):
     enclave = make_enclave("hello")
-    enclave.sign(signing_key)
+    enclave.sign(key)
     signed = enclave.root / "app.manifest.sgx"
     signed.write_text(signed.read_text().replace("max_threads = 8", "max_threads = 9"))
     result = enclave.run()

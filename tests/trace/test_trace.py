@@ -7,7 +7,6 @@ stopped, by process group, even when a test fails)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from support import PYLOS
+from support import PYLOS, free_port, wait_for_port
 
 PYTHON = "/usr/bin/python3"  # Debian's, with python3-numpy (scripts/setup --tests)
 HELLO_C = '#include <stdio.h>\nint main(void) { puts("Hello, world"); return 0; }\n'
@@ -53,13 +52,6 @@ def build(cwd: Path, name: str, key: Path) -> None:
     signed = pylos("sign", "-k", str(key), "-m", f"{name}.manifest", cwd=cwd)
     assert signed.returncode == 0, signed.stderr
     assert (cwd / f"{name}.sig").stat().st_size == 1808
-
-
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("key") / "enclave-key.pem"
-    subprocess.run([PYLOS, "gen-key", str(path)], check=True, capture_output=True)
-    return path
 
 
 @pytest.fixture
@@ -173,42 +165,11 @@ def test_bash_running_coreutils(app: Path, key: Path, record_property) -> None:
     assert ran.stdout == result.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen]]:
-    """Processes a test starts (each in its own session), killed at its end regardless."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def start(processes: list, cwd: Path, *args: str) -> subprocess.Popen:
     process = subprocess.Popen([PYLOS, *args], cwd=cwd, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     processes.append(process)
     return process
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited: {process.stderr.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
 
 
 def stop(process: subprocess.Popen) -> tuple[int, str]:

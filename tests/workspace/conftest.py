@@ -12,8 +12,6 @@ from pylos.runtime.doctor import FOR_TESTS, missing_features
 from pylos.workspace.launch import stop_server
 from pylos.workspace.workspace import build_workspace, init_workspace
 
-from support import PYLOS
-
 PROGRAM = Path(__file__).parent / "programs" / "wsprog.c"
 
 
@@ -27,13 +25,6 @@ def one_platform(platform_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process builds and `pylos` subprocesses must share one simulated platform (its
     secret derives the writable layer's sealing key), wherever each locates its own."""
     monkeypatch.setenv("PYLOS_PLATFORM_DIR", str(platform_dir))
-
-
-@pytest.fixture(scope="session")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("key") / "enclave-key.pem"
-    subprocess.run([PYLOS, "gen-key", str(path)], check=True, capture_output=True)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -114,12 +114,7 @@ class TrustedFiles:
         """
         inode = (st.st_dev, st.st_ino)
         if fd is not None and self.union is not None and self.union.holds(fd):
-            # The overlay's inode is not the host file's: by path alone (the hash decides).
-            if self.union.in_upper(fd):
-                return None
-            host = self._host_path_of(os.readlink(f"/proc/self/fd/{fd}"))
-            digest = self._expected_by_path.get(host) if host else None
-            return (host, digest) if host and digest else None
+            return None if self.union.in_upper(fd) else self.below_union(fd)
         known = self._known.get(inode)
         if known is not None:
             return known
@@ -145,6 +140,14 @@ class TrustedFiles:
                     continue  # a missing trusted file simply cannot be opened
                 self._by_inode.setdefault((host.st_dev, host.st_ino), (path, digest))
         return self._by_inode.get(inode)
+
+    def below_union(self, fd: int) -> tuple[str, str] | None:
+        """(host path, sha256) of a union root's file that is still the image's (the caller
+        knows it is not in the upper layer). The overlay's inode is not the host file's: by
+        path alone; the hash check decides."""
+        host = self._host_path_of(os.readlink(f"/proc/self/fd/{fd}"))
+        digest = self._expected_by_path.get(host) if host else None
+        return (host, digest) if host and digest else None
 
     def has_path(self, host_path: str) -> bool:
         return host_path in self._expected_by_path
@@ -273,8 +276,12 @@ class FilePolicy:
                 raise PolicyError(errno.EACCES, f"Disallowing write/append to a trusted file "
                                   f"'{name}'")
             return Admitted(fd, "trusted, staged verified copy")  # immutable
+        union = self.trusted.union
+        on_union = union is not None and union.holds(fd)
+        if on_union and union.in_upper(fd):
+            return Admitted(fd, "the enclave's own (the union root's upper layer)")
         # Where the kernel actually opened it, as a canonical path in the view.
-        entry = self.trusted.lookup(st, fd)
+        entry = self.trusted.below_union(fd) if on_union else self.trusted.lookup(st, fd)
         if entry is not None:
             host_path, expected = entry
             if _writes(flags):
@@ -285,9 +292,6 @@ class FilePolicy:
             return Admitted(self.trusted.verified_copy(fd, host_path, expected, st).memfd,
                             "trusted, verified")
         mnt_id = mount_id(fd)
-        union = self.trusted.union
-        if union is not None and mnt_id == union.mount_id and union.in_upper(fd):
-            return Admitted(fd, "the enclave's own (the union root's upper layer)")
         if mnt_id in self.writable_mounts:
             return Admitted(fd, "allowed")
         if mnt_id in self.private_mounts:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pylos.hashing import write_atomic
 from pylos.pf import (
     GRAMINE_RECOVERY_SUFFIX,
     JOURNAL_SUFFIX,
@@ -425,10 +427,6 @@ class EncryptedFs(Driver):
         each is rebound (its metadata node rewritten). Crash-safe: the journal names the
         rename before anything changes, the directory is renamed in one step, then the files
         are rebound; a journal found at the next start (`key`) finishes the rebinding."""
-        import json
-
-        from pylos.hashing import write_atomic
-
         key = self.key()
         journal = os.path.join(self.host_root, RENAME_JOURNAL)
         write_atomic(Path(journal), json.dumps([old, new]).encode(), mode=0o600)
@@ -477,8 +475,6 @@ class EncryptedFs(Driver):
             raise OSError(errno.EIO, str(exc)) from None
 
     def _finish_interrupted_rename(self, key: bytes) -> None:
-        import json
-
         journal = os.path.join(self.host_root, RENAME_JOURNAL)
         try:
             with open(journal, "rb") as f:

@@ -31,7 +31,8 @@ AT_EMPTY_PATH = 0x1000
 def _answer(sup: Supervisor, fd: int, mode: int) -> int | None:
     """The errno (0: success) for a trusted file on a noexec mount, else None (the kernel's)."""
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or not os.fstatvfs(fd).f_flag & os.ST_NOEXEC:
+    mount_flags = os.fstatvfs(fd).f_flag
+    if not stat.S_ISREG(st.st_mode) or not mount_flags & os.ST_NOEXEC:
         return None
     if sup.policy.trusted.lookup(st, fd) is None:
         return None  # it cannot run: the kernel's EACCES is the truth
@@ -39,8 +40,7 @@ def _answer(sup: Supervisor, fd: int, mode: int) -> int | None:
         return errno.EACCES
     rest = mode & ~X_OK
     if rest and not os.access(f"/proc/self/fd/{fd}", rest):
-        return errno.EROFS if rest & os.W_OK and os.fstatvfs(fd).f_flag & os.ST_RDONLY else (
-            errno.EACCES)
+        return errno.EROFS if rest & os.W_OK and mount_flags & os.ST_RDONLY else errno.EACCES
     return 0
 
 
