@@ -51,11 +51,12 @@ class Enclave:
         result = run_pylos("sign", "-m", "app.manifest", "-k", str(key), "-q", cwd=self.root)
         assert result.returncode == 0, result.stderr
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def run(self, *args: str, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         from support import PYLOS
 
         return subprocess.run([PYLOS, "run", "app", *args], cwd=self.root, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, env=env)
 
 
 # coreutils the shell tests use: they need nothing beyond glibc (the runtime directory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 
@@ -127,12 +128,18 @@ def test_racing_thread_never_opens_the_forbidden_file(make_enclave):
     assert tries == 10000 and leaks == 0 and opened > 0
 
 
-def test_racing_thread_never_execs_an_untrusted_binary(make_enclave, programs):
-    """The exec is CONTINUEd after verification: a thread rewriting the path afterwards must
-    still never get an untrusted (host-controlled) file mapped by the kernel."""
+@pytest.mark.parametrize("untrusted", ["/data/evil", "copy:/data/evil:/tmp/evil",
+                                       "memfd:/data/evil"])
+@pytest.mark.parametrize("view", ["verified", "trapped"])
+def test_racing_thread_never_execs_an_untrusted_binary(make_enclave, programs, untrusted, view):
+    """A thread flips the exec path between a trusted binary and one the policy forbids (an
+    allowed host file, a file the enclave made in /tmp, a memfd): the kernel must never map
+    the forbidden one, whatever the timing (verified view: only its binds are executable;
+    trapped view: the exec is CONTINUEd after verification of staged copies)."""
     enclave = make_enclave("race_exec")
     shutil.copy(programs / "race_exec", enclave.root / "data" / "evil")
-    result = enclave.run("/app", "/data/evil", "2000", timeout=300)
+    env = {**os.environ, "PYLOS_VERIFIED_VIEW": "1" if view == "verified" else "0"}
+    result = enclave.run("/app", untrusted, "2000", timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     tries, ran, refused, evil = map(int, re.findall(r"\d+", result.stdout))
     assert tries == 2000 and evil == 0 and ran > 0 and ran + refused == tries

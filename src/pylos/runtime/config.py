@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pylos.runtime.fs import FuseSetup
+    from pylos.runtime.fs.verified import VerifiedView
 
 DEFAULT_STACK = "256K"
 DEFAULT_FDS = 900
@@ -72,6 +73,10 @@ class EnclaveConfig:
     # Trusted files stored encrypted (a workspace's `build --image-key`): (fd, host path) ->
     # the plaintext to verify and serve, or None for a file stored as it is.
     decrypt_trusted: Callable[[int, str], bytes | None] | None = None
+    # Set by the launcher when the view is the verified view (runtime/fs/verified.py): the
+    # host paths it shows, and its server once running.
+    verified_roots: list[str] | None = None
+    verified_view: VerifiedView | None = None
 
     def host_path_of(self, path: str) -> str | None:
         """The host path behind a canonical in-view path, by the mount table (None: tmpfs)."""
@@ -83,6 +88,19 @@ class EnclaveConfig:
                 rest = path[len(inside.rstrip("/")):]
                 return mount.host + rest if rest else mount.host
         return None
+
+    def view_path_of(self, host: str) -> str:
+        """Where the program sees host path `host` (by the deepest mount showing it), for log
+        lines; the host path itself if no mount shows it."""
+        best: Mount | None = None
+        for mount in self.mount_table:
+            if mount.host and (host == mount.host or host.startswith(mount.host.rstrip("/") + "/")
+                               ) and (best is None or len(mount.host) > len(best.host or "")):
+                best = mount
+        if best is None or best.host is None:
+            return host
+        rest = host[len(best.host.rstrip("/")):]
+        return best.path.rstrip("/") + rest if rest else best.path
 
     def logs(self, level: str) -> bool:
         """Whether messages of `level` are printed under `loader.log_level`."""

@@ -47,10 +47,12 @@ from pylos.runtime.fs import (
 )
 from pylos.runtime.namespaces import (
     Bind,
+    VerifiedMount,
     ViewPlan,
     ViewResult,
     build_view,
     enter_user_namespace,
+    join_user_namespace,
 )
 from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
@@ -112,8 +114,12 @@ class Confinement:
     landlock_abi: int
 
 
-def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
-    """The BPF program for this enclave and the supervisor's handler table."""
+def filter_for(config: EnclaveConfig, verified: bool = False) -> tuple[bytes, dict]:
+    """The BPF program for this enclave and the supervisor's handler table.
+
+    `verified`: the view is the verified view (runtime/fs/verified.py), which the kernel
+    enforces: only opens that may write or create are trapped (the filter looks at the
+    flags), and exec and access go straight to the kernel."""
     actions: dict[int, int] = {}
     handlers: dict = {}
     for name in DENIED:
@@ -126,6 +132,9 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
         "execve": processes.handle_execve, "execveat": processes.handle_execveat,
         "memfd_create": memory.handle_memfd_create, "rmdir": directories.handle_rmdir,
     }
+    if verified:  # exec stays trapped, for Gramine's messages only (the kernel enforces)
+        for name in ("open", "openat"):
+            del trapped[name]
     if config.brk_max_size is not None:
         trapped["brk"] = memory.handle_brk
     if config.disallow_subprocesses:
@@ -145,8 +154,16 @@ def filter_for(config: EnclaveConfig) -> tuple[bytes, dict]:
         actions[SYSCALLS[name]] = seccomp.RET_USER_NOTIF
         handlers[SYSCALLS[name]] = handler
     rules: list[seccomp.ArgRule | seccomp.SizeRule] = []
+    for name, flags_arg, handler in (("open", 1, files.handle_open),
+                                     ("openat", 2, files.handle_openat)):
+        if not verified or name in config.mock_syscalls:
+            continue
+        handlers[SYSCALLS[name]] = handler
+        rules.append(seccomp.ArgRule(SYSCALLS[name], flags_arg,
+                                     ((files.CHANGING_OPEN, seccomp.RET_USER_NOTIF),),
+                                     seccomp.RET_ALLOW))
     for name, (handler, mode_arg) in access.HANDLERS.items():
-        if name in config.mock_syscalls:
+        if name in config.mock_syscalls or verified:
             continue
         handlers[SYSCALLS[name]] = handler  # X_OK only: the filter looks at the mode
         rules.append(seccomp.ArgRule(SYSCALLS[name], mode_arg,
@@ -217,7 +234,20 @@ def _create_allowed_directories(config: EnclaveConfig, log: Log) -> None:
             log("warning", f"created the allowed directory '{allowed}' (it did not exist)")
 
 
-def view_plan(config: EnclaveConfig) -> ViewPlan:
+def verified_view_possible(config: EnclaveConfig) -> bool:
+    """Whether this enclave's view can be the verified view (runtime/fs/verified.py).
+
+    Not with a union root (its image is an overlayfs lower layer: copy-ups are verified by
+    trapped calls), an encrypted image (its trusted files are decrypted by the supervisor),
+    `pylos_read_only` mounts (allowed host files shown read-only), `loader.log_level =
+    "trace"` (which lists every open), or without /dev/fuse. `PYLOS_VERIFIED_VIEW=0` asks
+    for the trapped view anyway (to compare, or to rule the verified view out)."""
+    return (os.environ.get("PYLOS_VERIFIED_VIEW") != "0" and config.root.type != "union"
+            and config.decrypt_trusted is None and not any(m.read_only for m in config.mounts)
+            and config.log_level != "trace" and os.access("/dev/fuse", os.R_OK | os.W_OK))
+
+
+def view_plan(config: EnclaveConfig, verified: bool = False) -> ViewPlan:
     """Mounts shallow-first (a deeper mount then lands on top), manifest order otherwise."""
     allowed = [a.rstrip("/") for a in config.allowed]
     writable_roots = [a for a in allowed if os.path.exists(a)]
@@ -260,14 +290,22 @@ def view_plan(config: EnclaveConfig) -> ViewPlan:
     search = [d for d in config.env.get("LD_LIBRARY_PATH", "").split(":") if d]
     if config.extra_runtime_domain_names_conf:
         synthesized["/etc/resolv.conf"] = host_resolv_conf()
+    root_host = config.root.host if config.root.type in ("chroot", "union") else None
+    roots = None
+    if verified:  # every read-only host path of the view comes from the verified view
+        roots = [bind.host for _, bind in entries if isinstance(bind, Bind) and not bind.writable]
+        if root_host is not None and not writable(root_host):
+            roots.insert(0, root_host)
     return ViewPlan(
-        root_host=config.root.host if config.root.type in ("chroot", "union") else None,
+        root_host=root_host,
         root_writable=writable(config.root.host),
         root_union=config.root.type == "union",
         binds=[entry for _, entry in entries],
         loader_search=[*search, "/lib", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"],
         synthesized=synthesized,
         devices=devices,
+        verified_roots=roots,
+        exec_allowed=verified and config.allow_all_but_log,
     )
 
 
@@ -466,7 +504,8 @@ def _program(config: EnclaveConfig, confinement: Confinement, channel: socket.so
     if confinement.landlock_abi:
         from pylos.runtime import landlock
 
-        landlock.confine(confinement.landlock_rules, confinement.landlock_abi)
+        landlock.confine((*confinement.landlock_rules, *_standard_stream_rules()),
+                         confinement.landlock_abi)
     listener = seccomp.install_filter(confinement.seccomp_filter)
     socket.send_fds(channel, [b"L"], [listener])
     os.close(listener)
@@ -477,6 +516,26 @@ def _program(config: EnclaveConfig, confinement: Confinement, channel: socket.so
     if _libc.syscall(SYSCALLS["close_range"], 3, 0xFFFFFFFF, 0) != 0:  # also above the limit
         raise OSError(ctypes.get_errno(), "close_range")
     os.execve(config.entrypoint, config.argv, config.env)
+
+
+def _standard_stream_rules() -> list[tuple[str, int]]:
+    """Landlock rules that let the program reopen its standard streams (`/dev/stdin`) when
+    they are host files or devices (outside the view), with the access it already has."""
+    from pylos.runtime import landlock
+
+    rules = []
+    for number in (0, 1, 2):
+        try:
+            st = os.fstat(number)
+            mode = fcntl.fcntl(number, fcntl.F_GETFL) & os.O_ACCMODE
+        except OSError:
+            continue
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+            continue  # pipes and sockets: no path rule reaches them
+        rights = (landlock.READ_FILE if mode != os.O_WRONLY else 0) | (
+            landlock.WRITE_FILE if mode != os.O_RDONLY else 0)
+        rules.append((f"/proc/self/fd/{number}", rights))
+    return rules
 
 
 def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Confinement,
@@ -501,8 +560,15 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Conf
     else:
         fuse = fuse_mounts(config)
         fuse_fds, fuse_warnings = open_devices(fuse)  # in our user namespace, before pivot_root
+        verified = None
+        if plan.verified_roots is not None:
+            verified = VerifiedMount(
+                os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC), config.uid, config.gid,
+                lambda fd: socket.send_fds(channel, [marshal.dumps({"verified": True})], [fd]))
         _report_stage(channel, "view", "the enclave's file system view to be built")
-        result = build_view(plan, newroot, config.start_dir)
+        result = build_view(plan, newroot, config.start_dir, verified)
+        if verified is not None:
+            os.close(verified.fd)  # the supervisor's server has its own
         if not config.extra_runtime_domain_names_conf:
             socket.sethostname("localhost")  # Gramine's; the host's name with that option
         if fuse:
@@ -513,6 +579,7 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Conf
     root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     union = [result.union_upper_fd] if result.union_upper_fd >= 0 else []
     socket.send_fds(channel, [marshal.dumps({"writable": result.writable_mount_ids,
+                                             "verified": result.verified_mount_ids,
                                              "private": result.private_mount_ids + fuse_ids,
                                              "union": result.union_mount_id,
                                              "warnings": fuse_warnings})],
@@ -670,9 +737,11 @@ def run(app: str, host_args: list[str],
 
     _replace_unsafe_standard_descriptors(log)
 
-    program_filter, handlers = filter_for(config)
+    verified = verified_view_possible(config)
+    program_filter, handlers = filter_for(config, verified)
     _create_allowed_directories(config, log)
-    plan = view_plan(config)
+    plan = view_plan(config, verified)
+    config.verified_roots = plan.verified_roots
     if "pylos" in loaded.manifest.data:  # RA-TLS files, provisioned secrets: before the start
         from pylos.attest.prestart import prepare_enclave
 
@@ -704,6 +773,10 @@ def run(app: str, host_args: list[str],
             "host's /proc, no /dev/attestation, loader.uid/gid not applied "
             "(see docs/runtime.md)")
         config.fuse.mounts = []
+        if verified:  # no mount namespace, no view: every open is trapped
+            program_filter, handlers = filter_for(config)
+            plan = view_plan(config)
+            config.verified_roots = None
         if not landlock_abi:
             raise PylosError("Linux namespaces and Landlock are both unavailable here: pylos "
                              "cannot confine the program's file system calls") from None
@@ -795,11 +868,23 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
                                      config.host_path_of, config.decrypt_trusted, union),
                         set(view["writable"]), set(view["private"]), config.allow_all_but_log, log,
                         IdentityPolicy(config) if stager is None else None)
+    policy.trusted.verified_mounts = set(view["verified"])
     supervisor = Supervisor(listener, config, policy, log, handlers, root_fds[0], stager)
+    served = config.verified_view
+    if served is not None and served.server_pid is not None:
+        def view_server_ended() -> None:
+            if served.ended_badly():
+                log("error", "the verified view's server has died: ending the enclave (its "
+                    "files would no longer be served)")
+                _kill(creator, signal.SIGKILL)  # ends the enclave: PDEATHSIG does the rest
+
+        supervisor.watch(os.pidfd_open(served.server_pid), view_server_ended)
     try:
         supervisor.run()
     finally:
         os.close(listener.fd)
+        if served is not None:
+            served.stop()
         log("debug", f"trusted files verified in this run: {policy.trusted.bytes_hashed} bytes "
             "hashed")
     _, status = os.waitpid(creator, 0)
@@ -823,6 +908,9 @@ def _receive_enclave(config: EnclaveConfig, log: Log, channel: socket.socket, cr
         message, root_fds, _, _ = socket.recv_fds(
             channel, 65536, 1 + _union_fds(config) + len(config.fuse.mounts))
         view = marshal.loads(message) if message else {"error": "the enclave did not start"}
+        if view.get("verified") is True:
+            _serve_verified_view(config, log, root_fds[0], creator, channel)
+            continue
         if "stage" not in view:
             break
         watchdog.enter(*view["stage"])  # init reports each of its stages as it begins it
@@ -838,7 +926,7 @@ def _receive_enclave(config: EnclaveConfig, log: Log, channel: socket.socket, cr
     if not fds:
         return None, root_fds, fds
     if stager is not None:  # identity mode has no user namespace to join
-        _join_user_namespace(creator)
+        join_user_namespace(creator)
     for warning in view["warnings"]:
         log("warning", warning)
     with watchdog.stage("file servers", "the servers of the encrypted mounts and "
@@ -850,29 +938,25 @@ def _receive_enclave(config: EnclaveConfig, log: Log, channel: socket.socket, cr
     return view, root_fds, fds
 
 
+def _serve_verified_view(config: EnclaveConfig, log: Log, fd: int, creator: int,
+                         channel: socket.socket) -> None:
+    """Init has mounted the verified view (`fd`): serve it, in a process of its own."""
+    from pylos.runtime.fs.verified import VerifiedFs, VerifiedView
+    from pylos.runtime.policy import TrustedFiles
+
+    roots = config.verified_roots or []
+
+    def driver(_fd: int) -> VerifiedFs:
+        return VerifiedFs(roots, TrustedFiles(config.trusted, log), config.trusted,
+                          config.allowed, config.allow_all_but_log, config.view_path_of, log)
+
+    config.verified_view = VerifiedView(roots)
+    config.verified_view.start(fd, creator, driver, log, close=[channel.fileno()])
+
+
 def _union_fds(config: EnclaveConfig) -> int:
     """How many descriptors of a union root (its upper layer) follow the view's root."""
     return 1 if config.root.type == "union" else 0
-
-
-def _join_user_namespace(pid: int) -> None:
-    """Give up the supervisor's host privileges before serving the program: join the
-    enclave's user namespace (that of `pid`, the namespace creator).
-
-    The supervisor opens files *for* the program; with host capabilities (pylos run as root)
-    it would open what the program itself may not: files of other host users (DAC override),
-    /proc/<init>/mem, /proc/kcore. Inside the enclave's user namespace its credentials are
-    the program's, so an emulated open succeeds exactly when a native one would. Joining
-    needs a single-threaded process: this runs before any helper thread exists.
-    """
-    fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, CLONE_NEWUSER) != 0:
-            err = ctypes.get_errno()
-            raise PylosError("the supervisor cannot drop its host privileges (joining the "
-                             f"enclave's user namespace: {os.strerror(err)})")
-    finally:
-        os.close(fd)
 
 
 def _exit_code(status: int) -> int:

@@ -9,7 +9,8 @@ measurement, hence no reports, quotes or sealing keys).
 Parsing a 1.6 MB python manifest costs ~300 ms, so the parsed form is cached (marshal) under
 the SHA-256 of the manifest bytes, with an HMAC under a key derived from the simulated
 platform's secret: a cache entry the host rewrote is detected and the manifest parsed again.
-The signature and measurement are re-checked every run.
+The measurement (MRENCLAVE, attributes) is cached the same way, under the manifest's and the
+LibOS's hashes; the SIGSTRUCT's signature is checked every run.
 """
 
 from __future__ import annotations
@@ -52,14 +53,13 @@ def app_base(app: str) -> str:
     return app
 
 
-def _cache_key(digest: str) -> bytes:
+def _cache_key(digest: str, label: bytes = b"pylos parsed-manifest cache ") -> bytes:
     """The MAC key of one manifest's parse cache, from the simulated platform's secret (what
     a CPU keeps in fuses): the cache lives in a directory the host can write, and in SGX's
     threat model nothing the host writes may decide what the enclave enforces."""
     from pylos.attest.platform import SimulatedPlatform
 
-    return hmac.digest(SimulatedPlatform().secret, b"pylos parsed-manifest cache " +
-                       digest.encode(), "sha256")
+    return hmac.digest(SimulatedPlatform().secret, label + digest.encode(), "sha256")
 
 
 def _parse_cached(data: bytes, source: str, digest: str) -> Manifest:
@@ -136,8 +136,35 @@ def _read(path: Path) -> bytes:
         raise PylosError(f"cannot read '{path}': {exc.strerror}") from None
 
 
-def _load_signed(manifest_path: Path, sig_path: Path) -> LoadedEnclave:
+def _measured(data: bytes, manifest: Manifest, digest: str) -> tuple[bytes, int, int, int]:
+    """(MRENCLAVE, attribute flags, XFRM, MISCSELECT) of the manifest with this LibOS: from
+    the cache when its MAC verifies (computing them costs ~40 ms of imports and hashing per
+    start), else measured and cached. Keyed by the manifest's and the LibOS's hashes."""
+    name = f"{digest}-{install.libos_hash()[:32]}"
+    cached = cache_dir() / "measurements" / f"{name}.marshal"
+    key = _cache_key(name, b"pylos measurement cache ")
+    try:
+        blob = cached.read_bytes()
+        mac, body = blob[:MAC_SIZE], blob[MAC_SIZE:]
+        if hmac.compare_digest(mac, hmac.digest(key, body, "sha256")):
+            mr_enclave, flags, xfrm, misc_select = marshal.loads(body)
+            return mr_enclave, flags, xfrm, misc_select
+    except (OSError, EOFError, ValueError, TypeError):
+        pass  # missing, damaged or forged: measure
     from pylos.sgx.sign import enclave_attributes, measure
+
+    attributes, _, misc_select = enclave_attributes(manifest)
+    result = (measure(data, manifest), attributes.flags, attributes.xfrm, misc_select)
+    try:
+        body = marshal.dumps(result)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cached, hmac.digest(key, body, "sha256") + body, mode=0o600)
+    except OSError:
+        pass  # caching is an optimisation only
+    return result
+
+
+def _load_signed(manifest_path: Path, sig_path: Path) -> LoadedEnclave:
     from pylos.sgx.sigstruct import Sigstruct
 
     data = _read(manifest_path)
@@ -156,13 +183,14 @@ def _load_signed(manifest_path: Path, sig_path: Path) -> LoadedEnclave:
             f"(the manifest was signed for LibOS {recorded}, this pylos is "
             f"{install.libos_hash()}; re-sign it with this pylos)"
         )
-    if measure(data, manifest) != sigstruct.enclave_hash:
+    mr_enclave, flags, xfrm, misc_select = _measured(data, manifest, digest)
+    if mr_enclave != sigstruct.enclave_hash:
         plain = manifest_path.with_suffix("")
         raise PylosError(f"'{manifest_path}' does not match the measurement in '{sig_path}' "
                          "(edited after signing, or the .sig of another build): rebuild both "
                          f"with `pylos sign -m {plain}`")
-    attributes, _, misc_select = enclave_attributes(manifest)
-    if (attributes, misc_select) != (sigstruct.attributes, sigstruct.misc_select):
+    if (flags, xfrm, misc_select) != (sigstruct.attributes.flags, sigstruct.attributes.xfrm,
+                                      sigstruct.misc_select):
         raise PylosError(f"'{sig_path}': attributes do not match the manifest's sgx options")
     return LoadedEnclave(manifest, sgx_mode=True, digest=digest, mr_enclave=sigstruct.enclave_hash,
                          mr_signer=sigstruct.mr_signer(), identity=enclave_identity(sigstruct))

@@ -17,6 +17,7 @@ import ctypes
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pylos.errors import PylosError
@@ -28,6 +29,18 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 
 MS_RDONLY = 0x1
+# Where the verified view (runtime/fs/verified.py) is mounted while the view is built; then
+# detached, so that only its binds name it.
+VERIFIED_MOUNT_POINT = "/.pylos-verified"
+# Where files the verified view refuses point to, when init bound them one by one (a root's
+# entries): a lookup there is refused with Gramine's log line, at each open.
+REFUSED_DIR = "/dev/.pylos-refused"
+REFUSED = "refused"  # that directory's name in the verified view
+
+
+def refused_name(name: str) -> str:
+    """The one-component name, below REFUSED, of the verified view's file `name`."""
+    return name.replace("%", "%25").replace("/", "%2F")
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
@@ -153,6 +166,26 @@ ENCLAVE_IDS = 0x7FF00000
 ENCLAVE_ID_COUNT = 65536
 
 
+def join_user_namespace(pid: int) -> None:
+    """Give up the supervisor's host privileges before serving the program: join the
+    enclave's user namespace (that of `pid`, the namespace creator).
+
+    The supervisor opens files *for* the program; with host capabilities (pylos run as root)
+    it would open what the program itself may not: files of other host users (DAC override),
+    /proc/<init>/mem, /proc/kcore. Inside the enclave's user namespace its credentials are
+    the program's, so an emulated open succeeds exactly when a native one would. Joining
+    needs a single-threaded process: this runs before any helper thread exists.
+    """
+    fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWUSER) != 0:
+            err = ctypes.get_errno()
+            raise PylosError("the supervisor cannot drop its host privileges (joining the "
+                             f"enclave's user namespace: {os.strerror(err)})")
+    finally:
+        os.close(fd)
+
+
 def id_range_map(inside: int, outside: int) -> str:
     """uid_map/gid_map lines: `inside` is the invoking user's `outside`; the other ids of
     0..65535 are host ids ENCLAVE_IDS + id (ranges around `inside`, which may exceed them)."""
@@ -168,6 +201,19 @@ def id_range_map(inside: int, outside: int) -> str:
 def _write_id_map(path: str, lines: str) -> None:
     with open(path, "w") as f:
         f.write(lines)
+
+
+def root_index(roots: list[str], host: str) -> str | None:
+    """The view's name of host path `host` ("3/sub/file"), by the deepest root holding it."""
+    best = -1
+    for index, root in enumerate(roots):
+        if (host == root or host.startswith(root.rstrip("/") + "/")) and (
+                best < 0 or len(root) > len(roots[best])):
+            best = index
+    if best < 0:
+        return None
+    rest = host[len(roots[best].rstrip("/")):] if host != roots[best] else ""
+    return f"{best}{rest}"
 
 
 @dataclass
@@ -188,6 +234,10 @@ class ViewPlan:
     loader_search: list[str] = field(default_factory=list)
     synthesized: dict[str, bytes] = field(default_factory=dict)  # path -> content (read-only)
     devices: dict[str, str] = field(default_factory=dict)  # path -> host device node (dev:)
+    # The verified view (runtime/fs/verified.py): the host paths it shows, which every
+    # read-only bind comes from (None: host binds, noexec, every open trapped).
+    verified_roots: list[str] | None = None
+    exec_allowed: bool = False  # allow_all_but_log: allowed files may run (Gramine's rule)
 
 
 @dataclass
@@ -200,11 +250,26 @@ class ViewResult:
     staging_dirfd: int = -1  # init's only: the writable exec staging tmpfs
     union_mount_id: int = -1  # a union root's overlay mount
     union_upper_fd: int = -1  # its upper layer (O_PATH), for the supervisor's policy
+    verified_mount_ids: list[int] = field(default_factory=list)  # binds of the verified view
+
+
+@dataclass
+class VerifiedMount:
+    """The verified view's FUSE descriptor (opened in the enclave's user namespace), the
+    mount's owner, and how to hand the descriptor to the supervisor, which serves it."""
+
+    fd: int
+    uid: int
+    gid: int
+    announce: Callable[[int], None]
 
 
 class ViewBuilder:
-    def __init__(self, newroot: str) -> None:
+    def __init__(self, newroot: str, verified_roots: list[str] | None = None,
+                 exec_allowed: bool = False) -> None:
         self.newroot = newroot
+        self.verified_roots = verified_roots
+        self.exec_allowed = exec_allowed
         self.host_binds: dict[str, str] = {}  # enclave dir path -> host dir (explodable)
         self.skeletons: list[str] = []  # exploded directories: tmpfs, read-only once built
         self.result = ViewResult()
@@ -220,10 +285,29 @@ class ViewBuilder:
         is_dir = stat.S_ISDIR(st.st_mode)
         self.ensure(path, is_dir)
         target = self.real(path)
-        mount(host, target, None, MS_BIND | MS_REC)
-        # noexec: the kernel may only exec staged, verified copies (runtime/staging.py).
-        for mounted in _mounts_at_or_below(target):
-            self.restrict(mounted, readonly=not writable, noexec=True)
+        verified = not writable and self.verified_roots is not None
+        if verified:
+            assert self.verified_roots is not None
+            name = root_index(self.verified_roots, host)
+            if name is None:
+                raise PylosError(f"the verified view does not show '{host}' (mounted at "
+                                 f"'{path}')")
+            source = f"{self.real(VERIFIED_MOUNT_POINT)}/{name}"
+            if stat.S_ISCHR(os.lstat(source).st_mode):  # refused: see REFUSED_DIR
+                os.unlink(target)
+                os.symlink(f"{REFUSED_DIR}/{refused_name(name)}", target)
+                return
+            mount(source, target, None, MS_BIND)
+            # Executable: the view's server serves verified bytes (or logged unknown ones).
+            self.restrict(target, readonly=True, noexec=False)
+            self.result.verified_mount_ids.append(_mount_id_of(target))
+        else:
+            mount(host, target, None, MS_BIND | MS_REC)
+            # noexec: the kernel may only exec verified bytes: the verified view's, or
+            # copies staged for the trapped exec (runtime/staging.py).
+            for mounted in _mounts_at_or_below(target):
+                self.restrict(mounted, readonly=not writable,
+                              noexec=not (writable and self.exec_allowed))
         if is_dir:
             self.host_binds[path] = host
         if writable:
@@ -338,6 +422,21 @@ class ViewBuilder:
         _check(_libc.umount2(staging.encode(), MNT_DETACH), "umount staging")
         os.rmdir(staging)
 
+    def mount_verified(self, verified: VerifiedMount) -> None:
+        """The verified view's file system, where the binds of read-only paths come from."""
+        point = self.real(VERIFIED_MOUNT_POINT)
+        os.mkdir(point, 0o700)
+        mount("pylos", point, "fuse", MS_NOSUID | MS_NODEV | MS_RDONLY,
+              f"fd={verified.fd},rootmode=40000,user_id={verified.uid},"
+              f"group_id={verified.gid},allow_other,default_permissions")
+        verified.announce(verified.fd)  # its server must answer before the first bind
+
+    def unmount_verified(self) -> None:
+        """No path names the view's file system once built: only its binds remain."""
+        point = self.real(VERIFIED_MOUNT_POINT)
+        _check(_libc.umount2(point.encode(), MNT_DETACH), "umount the verified view")
+        os.rmdir(point)
+
     def finish(self, loader_search: list[str], devices: dict[str, str]) -> None:
         self._make_dev()
         for path, host in devices.items():  # after /dev, which may hold them
@@ -355,6 +454,8 @@ class ViewBuilder:
         self._protect_kernel_knobs()
         self._make_sys_subset()
         self._make_loader_resolvable(loader_search)
+        if self.verified_roots is not None:
+            self.unmount_verified()
         union = [] if self.result.union_mount_id >= 0 else [self.newroot]  # the union stays rw
         for skeleton in [*self.skeletons, *union]:
             mount(None, skeleton, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
@@ -403,6 +504,11 @@ class ViewBuilder:
         for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
             os.symlink(target, f"{dev}/{name}")
+        if self.verified_roots is not None:
+            os.mkdir(self.real(REFUSED_DIR), 0o555)
+            mount(f"{self.real(VERIFIED_MOUNT_POINT)}/{REFUSED}", self.real(REFUSED_DIR), None,
+                  MS_BIND)
+            self.restrict(self.real(REFUSED_DIR))
         os.mkdir(f"{dev}/shm", 0o1777)
         mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777")
         self.result.private_mount_ids.append(_mount_id_of(f"{dev}/shm"))
@@ -463,14 +569,17 @@ def _mounts_at_or_below(target: str) -> list[str]:
     return found
 
 
-def build_view(plan: ViewPlan, newroot: str, start_dir: str) -> ViewResult:
+def build_view(plan: ViewPlan, newroot: str, start_dir: str,
+               verified: VerifiedMount | None = None) -> ViewResult:
     """Build the view at `newroot` (an empty directory) and make it this process's root.
 
     Runs inside the new namespaces, as the PID namespace's init, before the program starts.
     """
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", newroot, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
-    builder = ViewBuilder(newroot)
+    builder = ViewBuilder(newroot, plan.verified_roots if verified else None, plan.exec_allowed)
+    if verified is not None:
+        builder.mount_verified(verified)
     if plan.root_host is not None and plan.root_union:
         builder.union_root(plan.root_host)
     elif plan.root_host is not None:

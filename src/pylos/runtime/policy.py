@@ -102,6 +102,8 @@ class TrustedFiles:
         # (device, inode) of the sealed verified copies opens are served: a program's
         # descriptor of one holds verified bytes (execveat(fd, "", AT_EMPTY_PATH) may run it)
         self.copy_inodes: set[tuple[int, int]] = set()
+        # Mount IDs of the verified view's binds: their files were verified by its server.
+        self.verified_mounts: set[int] = set()
 
     def lookup(self, st: os.stat_result, fd: int | None = None) -> tuple[str, str] | None:
         """(host path, sha256) of the trusted file with this inode, if it is one.
@@ -115,6 +117,8 @@ class TrustedFiles:
         inode = (st.st_dev, st.st_ino)
         if fd is not None and self.union is not None and self.union.holds(fd):
             return None if self.union.in_upper(fd) else self.below_union(fd)
+        if fd is not None and self.verified_mounts and mount_id(fd) in self.verified_mounts:
+            return self.in_verified_view(fd)
         known = self._known.get(inode)
         if known is not None:
             return known
@@ -149,6 +153,19 @@ class TrustedFiles:
         digest = self._expected_by_path.get(host) if host else None
         return (host, digest) if host and digest else None
 
+    def in_verified_view(self, fd: int) -> tuple[str, str] | None:
+        """(host path, sha256) of a file of the verified view (runtime/fs/verified.py), whose
+        inodes are the view's own: by its path, or the host inode that path names (the
+        manifest may spell it through a symlinked directory)."""
+        found = self.below_union(fd)
+        if found is not None:
+            return found
+        host = self._host_path_of(os.readlink(f"/proc/self/fd/{fd}"))
+        try:
+            return self.lookup(os.stat(host)) if host else None
+        except OSError:
+            return None
+
     def has_path(self, host_path: str) -> bool:
         return host_path in self._expected_by_path
 
@@ -159,33 +176,18 @@ class TrustedFiles:
         cached = self._copies.get(key)
         if cached is not None:
             return cached
-        memfd = os.memfd_create(f"pylos-trusted:{os.path.basename(host_path)}",
-                                os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            plain = self._decrypt(fd, host_path) if self._decrypt is not None else None
-            if plain is not None:  # verified as plaintext, served as plaintext
+        plain = self._decrypt(fd, host_path) if self._decrypt is not None else None
+        if plain is not None:  # verified as plaintext, served as plaintext
+            memfd = os.memfd_create(f"pylos-trusted:{os.path.basename(host_path)}",
+                                    os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            try:
                 return self._seal_plaintext(memfd, plain, host_path, expected, key)
-            if not _copy_whole(fd, memfd, key):
-                raise PolicyError(errno.EPERM, f"Trusted file '{host_path}' changed while it was "
-                                  "being verified")
-            # Hashed from the copy every run, as Gramine hashes inside the enclave: no cache
-            # the host could rewrite decides what counts as verified.
-            with os.fdopen(os.dup(memfd), "rb") as copy:
-                copy.seek(0)
-                digest = hashlib.file_digest(copy, "sha256").hexdigest()
-            self.bytes_hashed += key.size
-            if digest != expected:
-                raise PolicyError(
-                    errno.EPERM,
-                    f"Hash of trusted file '{host_path}' does not match with the reference hash "
-                    f"in manifest (expected {expected}, actual {digest})",
-                )
-            fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, SEALS)
-        except BaseException:
-            os.close(memfd)
-            raise
-        self._log("debug", f"trusted file '{host_path}' verified ({key.size} bytes, sha256 "
-                  f"{digest[:16]}…)")
+            except BaseException:
+                os.close(memfd)
+                raise
+        memfd = verified_memfd(fd, host_path, expected, key)
+        self.bytes_hashed += key.size
+        self._log("debug", f"trusted file '{host_path}' verified ({key.size} bytes)")
         return self._remember(key, Verified(memfd, key.size))
 
     def _remember(self, key: FileKey, verified: Verified) -> Verified:
@@ -207,6 +209,35 @@ class TrustedFiles:
             view = view[os.write(memfd, view):]
         fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, SEALS)
         return self._remember(key, Verified(memfd, len(plain)))
+
+
+def verified_memfd(fd: int, host_path: str, expected: str, key: FileKey) -> int:
+    """A sealed memfd holding the bytes of `fd` (the file version `key`), once they hash to
+    `expected`; PolicyError (EPERM, Gramine's line) otherwise.
+
+    Hashed from the copy, every run, as Gramine hashes inside the enclave: no cache the host
+    could rewrite decides what counts as verified, and the bytes served are the bytes hashed.
+    """
+    memfd = os.memfd_create(f"pylos-trusted:{os.path.basename(host_path)}",
+                            os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        if not _copy_whole(fd, memfd, key):
+            raise PolicyError(errno.EPERM, f"Trusted file '{host_path}' changed while it was "
+                              "being verified")
+        with os.fdopen(os.dup(memfd), "rb") as copy:
+            copy.seek(0)
+            digest = hashlib.file_digest(copy, "sha256").hexdigest()
+        if digest != expected:
+            raise PolicyError(
+                errno.EPERM,
+                f"Hash of trusted file '{host_path}' does not match with the reference hash "
+                f"in manifest (expected {expected}, actual {digest})",
+            )
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, SEALS)
+    except BaseException:
+        os.close(memfd)
+        raise
+    return memfd
 
 
 def _writes(flags: int) -> bool:
@@ -280,6 +311,13 @@ class FilePolicy:
         on_union = union is not None and union.holds(fd)
         if on_union and union.in_upper(fd):
             return Admitted(fd, "the enclave's own (the union root's upper layer)")
+        if self.trusted.verified_mounts and mount_id(fd) in self.trusted.verified_mounts:
+            # The view's server served only what the policy lets it: verified trusted bytes,
+            # or (allow_all_but_log) a logged unknown file. Its binds are read-only.
+            if _writes(flags):
+                raise PolicyError(errno.EACCES, f"Disallowing write/append to a trusted file "
+                                  f"'{name}'")
+            return Admitted(fd, "served by the verified view")
         # Where the kernel actually opened it, as a canonical path in the view.
         entry = self.trusted.below_union(fd) if on_union else self.trusted.lookup(st, fd)
         if entry is not None:

@@ -7,6 +7,7 @@ for the open family, `syscalls/processes.py` for exec and clone). The loop knows
 from __future__ import annotations
 
 import errno
+import os
 import select
 import sys
 from collections.abc import Callable
@@ -54,6 +55,11 @@ class Supervisor:
         self.threads: dict[int, set[int]] = {}  # tgid -> callers of clones let through
         self.warned: set[str] = set()
         self.out_of_memory = False  # an allocation failed for want of sgx.enclave_size
+        self.watched: dict[int, Callable[[], None]] = {}  # fd -> what to do once readable
+
+    def watch(self, fd: int, ready: Callable[[], None]) -> None:
+        """Call `ready` once `fd` becomes readable (a pidfd: that process has ended)."""
+        self.watched[fd] = ready
 
     def warn_once(self, key: str, level: str, message: str) -> None:
         if key not in self.warned:
@@ -64,8 +70,18 @@ class Supervisor:
         """Serve notifications until no process of the enclave is left."""
         poller = select.poll()
         poller.register(self.listener.fd, select.POLLIN)
+        for fd in self.watched:
+            poller.register(fd, select.POLLIN)
         while True:
             events = poller.poll()
+            for fd, _ in events:
+                if fd in self.watched:
+                    poller.unregister(fd)
+                    self.watched.pop(fd)()
+                    os.close(fd)
+            events = [(fd, event) for fd, event in events if fd == self.listener.fd]
+            if not events:
+                continue
             if any(event & (select.POLLHUP | select.POLLERR) for _, event in events):
                 return
             try:

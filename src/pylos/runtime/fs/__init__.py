@@ -147,6 +147,29 @@ def _mount_ids(paths: list[str]) -> list[int]:
     return [found[p] for p in paths if p in found]
 
 
+def become_file_server(namespace_of: int | None) -> None:
+    """Make a freshly forked process a file server: it dies with its parent (PDEATHSIG), the
+    signals of the terminal are not for it, and with `namespace_of` it joins that process's
+    user namespace, giving up the host privileges of `pylos run`."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    # Out of the supervisor's process group: `kill -TERM -<pylos run>` (a service manager,
+    # a benchmark stopping a server) is for the program, which may still write its final
+    # state here (redis saves a snapshot on SIGTERM, and will not exit if it cannot). The
+    # supervisor ends the server by its pid once the enclave has ended.
+    os.setpgid(0, 0)
+    # Ctrl-C and friends are for the program; the server ends when the enclave does.
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP,
+                signal.SIGTTOU, signal.SIGTTIN):
+        signal.signal(sig, signal.SIG_IGN)
+    if namespace_of is not None:
+        from pylos.runtime.namespaces import join_user_namespace
+
+        join_user_namespace(namespace_of)
+
+
 @dataclass
 class FuseSetup:
     """The supervisor's side: keys, the mounts, and their servers once running."""
@@ -226,22 +249,12 @@ class FuseSetup:
     def _serve(self, fds: list[int], root_fd: int, log: Callable[[str, str], None],
                nested_go: int) -> int:
         """The FUSE server process: until every mount is gone, then flush and exit."""
-        import ctypes
         import signal
 
         from pylos.runtime.fs.attestation import AttestationFs
         from pylos.runtime.fs.fuse import Driver, FuseServer
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        # Out of the supervisor's process group: `kill -TERM -<pylos run>` (a service manager,
-        # a benchmark stopping a server) is for the program, which may still write its final
-        # state here (redis saves a snapshot on SIGTERM, and will not exit if it cannot). The
-        # supervisor ends the server by its pid once the enclave has ended.
-        os.setpgid(0, 0)
-        # Ctrl-C and friends are for the program; the server ends when the enclave does.
-        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP,
-                    signal.SIGTTOU, signal.SIGTTIN):
-            signal.signal(sig, signal.SIG_IGN)
+        become_file_server(None)
         servers: list[FuseServer] = []
 
         def flush_and_exit(_sig: int, _frame: object) -> None:

@@ -35,9 +35,11 @@ BIG_WRITES = 1 << 5
 WRITEBACK_CACHE = 1 << 16
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
+CACHE_SYMLINKS = 1 << 23
 # open_out flags.
 FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_CACHE_DIR = 1 << 3
 # setattr_in.valid bits.
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1, 2, 4, 8
 FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW, FATTR_MTIME_NOW = 16, 32, 64, 128, 256
@@ -105,11 +107,17 @@ class Driver:
     """One file system type behind a FUSE mount (Gramine: one driver per mount type).
 
     Paths are relative to the mount's root ("" is the root). `attr_timeout` is how long the
-    kernel may cache names and attributes (seconds); `open_flags` go with every open.
+    kernel may cache names and attributes (seconds), `negative_timeout` how long it may
+    remember that a name does not exist (0: ask each time); `opendir_flags` go with every
+    directory open. A driver whose `open` fails with ENOSYS gets no open, flush or release
+    at all (the kernel stops asking): its reads come by node (`read_node`), not by handle.
     """
 
     attr_timeout: float = 0.0
+    negative_timeout: float = 0.0
     init_flags: int = 0
+    opendir_flags: int = 0
+    no_open: bool = False
 
     def getattr(self, ctx: Context, path: str, fh: int | None) -> Attr:
         raise OSError(errno.ENOSYS, "getattr")
@@ -126,6 +134,10 @@ class Driver:
         raise OSError(errno.EACCES, "create")
 
     def read(self, ctx: Context, fh: int, offset: int, size: int) -> bytes:
+        raise OSError(errno.EBADF, "read")
+
+    def read_node(self, ctx: Context, path: str, offset: int, size: int) -> bytes:
+        """A read of a driver without opens (`no_open`)."""
         raise OSError(errno.EBADF, "read")
 
     def write(self, ctx: Context, fh: int, offset: int, data: bytes) -> int:
@@ -338,7 +350,16 @@ class FuseServer:
 
     def _lookup(self, ctx: Context, nodeid: int, args: memoryview) -> bytes:
         path = _join(self._path(nodeid), self._name(args))
-        return self._entry(path, self.driver.getattr(ctx, path, None))
+        try:
+            attr = self.driver.getattr(ctx, path, None)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT or not self.driver.negative_timeout:
+                raise
+            # Node 0: the kernel remembers the name as missing for that long.
+            timeout = self.driver.negative_timeout
+            seconds, nanos = int(timeout), int((timeout % 1) * 10**9)
+            return ENTRY_OUT.pack(0, 0, seconds, 0, nanos, 0) + bytes(ATTR.size)
+        return self._entry(path, attr)
 
     def _forget(self, _ctx: Context, nodeid: int, args: memoryview) -> None:
         self._drop(nodeid, FORGET_IN.unpack_from(args)[0])
@@ -397,8 +418,10 @@ class FuseServer:
         self.open_handles.setdefault(self.nodes[path], set()).add(fh)
         return entry + OPEN_OUT.pack(fh, open_flags, 0)
 
-    def _read(self, ctx: Context, _nodeid: int, args: memoryview) -> bytes:
+    def _read(self, ctx: Context, nodeid: int, args: memoryview) -> bytes:
         fh, offset, size, _ = READ_IN.unpack_from(args)
+        if self.driver.no_open:
+            return self.driver.read_node(ctx, self._path(nodeid), offset, size)
         return self.driver.read(ctx, fh, offset, size)
 
     def _write(self, ctx: Context, _nodeid: int, args: memoryview) -> bytes:
@@ -407,6 +430,8 @@ class FuseServer:
         return WRITE_OUT.pack(self.driver.write(ctx, fh, offset, bytes(data)), 0)
 
     def _flush(self, ctx: Context, _nodeid: int, args: memoryview) -> bytes:
+        if self.driver.no_open:
+            raise OSError(errno.ENOSYS, "flush")  # and the kernel sends no more
         self.driver.flush(ctx, struct.unpack_from("<Q", args)[0])
         return b""
 
@@ -433,7 +458,7 @@ class FuseServer:
         handle = self.next_dir
         self.next_dir += 1
         self.dirs[handle] = entries
-        return OPEN_OUT.pack(handle, 0, 0)
+        return OPEN_OUT.pack(handle, self.driver.opendir_flags, 0)
 
     def _readdir(self, _ctx: Context, _nodeid: int, args: memoryview) -> bytes:
         fh, offset, size, _ = READ_IN.unpack_from(args)

@@ -415,6 +415,9 @@ def _finish_blocking_open(sup: Supervisor, n: Notification, fd: int, flags: int,
 
 
 WRITE_INTENT = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+# The opens the verified view's filter traps (any of these bits): all others only read what
+# the view shows, which the kernel serves alone.
+CHANGING_OPEN = WRITE_INTENT | O_TMPFILE_BIT
 
 
 def _refuse_host_device(sup: Supervisor, pid: int, dirfd: int, path: bytes, flags: int,
@@ -600,7 +603,7 @@ def _explain_failure(sup: Supervisor, pid: int, dirfd: int, path: bytes, name: s
         sup.log("error", f"Disallowing creating file '{name}'; file is not trusted or allowed.")
         return errno.EACCES
     try:
-        if sup.policy.trusted.lookup(os.fstat(fd)) is not None:
+        if sup.policy.trusted.lookup(os.fstat(fd), fd) is not None:
             sup.log("error", f"Disallowing write/append to a trusted file '{name}'")
         else:
             sup.log("error", f"Disallowing access to file '{name}'; file is not allowed.")
