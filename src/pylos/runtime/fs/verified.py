@@ -11,8 +11,10 @@ attributes and pages and asks again only on a miss):
   manifest before the lookup answers; a mismatch answers EPERM with Gramine's log line. Its
   attributes and bytes are those verified, whatever the host does afterwards (changed,
   truncated or removed). Reads are served from the copy, never from the host file;
-- a file neither trusted nor allowed: EACCES and Gramine's line (`strict`), or its host
-  bytes, logged once (`allow_all_but_log`, as Gramine lets them be read and run);
+- a file neither trusted nor allowed: its attributes (it may be looked at: Python finds its
+  prefix by stat-ing os.py, as in Gramine), x bits cleared, and every read answers EACCES
+  with Gramine's line (`strict`); or its host bytes, logged once (`allow_all_but_log`, as
+  Gramine lets them be read and run);
 - an allowed file: the name exists (a read-write bind of the host file covers it) and no byte
   is ever served from here, x bits cleared;
 - directories, symlinks and other nodes: as on the host (a symlink whose chain leaves the
@@ -135,19 +137,16 @@ class VerifiedFs(Driver):
             except OSError:
                 if ctx.pid != INIT_PID:
                     raise
-                return _attr(st, mode=stat.S_IFCHR)  # refused (see below), said at each open
+                # Init binds a root's entries one by one: a device node on a nodev mount (the
+                # kernel refuses to open it) tells it to point this one to REFUSED instead,
+                # whose lookups say why at each open.
+                return _attr(st, mode=stat.S_IFCHR)
             return self.attrs[host]
-        if self._allowed(host):
-            return _attr(st, mode=st.st_mode & ~EXEC_BITS)  # a read-write bind covers it
-        if self.allow_all_but_log:
+        if self.allow_all_but_log and not self._allowed(host):
             return _attr(st)  # logged when first read
-        if ctx.pid == INIT_PID:
-            # Init binds a root's entries one by one: a device node on a nodev mount (the
-            # kernel refuses to open it) tells it to point this one to REFUSED instead.
-            return _attr(st, mode=stat.S_IFCHR)
-        self.log("error", f"Disallowing access to file '{self.view_path_of(host)}'; file is not "
-                 "allowed.")
-        raise OSError(errno.EACCES, path)
+        # Allowed (a read-write bind covers it) or refused: it may be looked at (Python finds
+        # its prefix by stat-ing os.py, as in Gramine), never run, and no byte is served.
+        return _attr(st, mode=st.st_mode & ~EXEC_BITS)
 
     def _refused(self, name: str) -> Attr:
         """The program looks up a file init found refused: say why, at each open."""
@@ -227,8 +226,12 @@ class VerifiedFs(Driver):
         host = self.aliases.get(path) or self._host(path)
         if host in self.digests:
             return os.pread(self._verify(host, self.digests[host]), size, offset)
-        if not self.allow_all_but_log or self._allowed(host):
-            raise OSError(errno.EACCES, path)  # never looked up as servable
+        if self._allowed(host):
+            raise OSError(errno.EACCES, path)  # covered by its read-write bind
+        if not self.allow_all_but_log:
+            self.log("error", f"Disallowing access to file '{self.view_path_of(host)}'; file is "
+                     "not allowed.")
+            raise OSError(errno.EACCES, path)
         if host not in self.unknown_logged:
             self.unknown_logged.add(host)
             self.log("warning", f"Allowing access to unknown file '{self.view_path_of(host)}' "

@@ -70,7 +70,8 @@ def verify_executable(sup: Supervisor, pid: int, fd: int, name: str, depth: int 
         # The verified view: the kernel is the wall (only its binds are executable, and
         # they map verified bytes); this look is for Gramine's messages, so a racing
         # thread that swaps the path after it changes nothing.
-        if mount_id(fd) in trusted.verified_mounts:
+        verified = mount_id(fd) in trusted.verified_mounts
+        if verified and trusted.in_verified_view(fd) is not None:
             return
         if not sup.policy.allow_all_but_log:
             raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}'; file is not "
