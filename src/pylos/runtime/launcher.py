@@ -244,7 +244,7 @@ def verified_view_possible(config: EnclaveConfig) -> bool:
     for the trapped view anyway (to compare, or to rule the verified view out)."""
     return (os.environ.get("PYLOS_VERIFIED_VIEW") != "0" and config.root.type != "union"
             and config.decrypt_trusted is None and not any(m.read_only for m in config.mounts)
-            and config.log_level != "trace" and os.access("/dev/fuse", os.R_OK | os.W_OK))
+            and not config.logs("trace") and os.access("/dev/fuse", os.R_OK | os.W_OK))
 
 
 def view_plan(config: EnclaveConfig, verified: bool = False) -> ViewPlan:
