@@ -99,7 +99,8 @@ def _modify_when(path, flag, content, done):
     done.set()
 
 
-def test_trusted_file_modified_after_first_use_is_never_served(make_enclave):
+def _trusted_file_changed_midway(make_enclave, env=None):
+    """The host rewrites trusted.txt once the program has read it (and holds it open)."""
     enclave = make_enclave("/bin/sh")
     trusted = enclave.root / "trusted.txt"
     done = threading.Event()
@@ -109,8 +110,13 @@ def test_trusted_file_modified_after_first_use_is_never_served(make_enclave):
     script = ("exec 3</trusted.txt; cat /trusted.txt; : > /data/ready; "
               "while [ ! -e /data/go ]; do sleep 0.05; done; "
               "cat <&3; echo ---; cat /trusted.txt; echo rc=$?")
-    result = enclave.run("-c", script)
+    result = enclave.run("-c", script, env=env)
     worker.join()
+    return result
+
+
+def test_trusted_file_modified_after_first_use_is_never_served(make_enclave):
+    result = _trusted_file_changed_midway(make_enclave)
     assert "TAMPERED" not in result.stdout
     # The verified view keeps serving the verified bytes, to old and new opens alike.
     assert result.stdout == ("trusted content\ntrusted content\n---\ntrusted content\n"
@@ -119,17 +125,8 @@ def test_trusted_file_modified_after_first_use_is_never_served(make_enclave):
 
 def test_trusted_file_modified_after_first_use_fails_new_opens_when_trapped(make_enclave):
     # The trapped view (PYLOS_VERIFIED_VIEW=0, identity mode) re-checks at each open.
-    enclave = make_enclave("/bin/sh")
-    trusted = enclave.root / "trusted.txt"
-    done = threading.Event()
-    worker = threading.Thread(target=_modify_when, args=(
-        trusted, enclave.root / "data" / "ready", "TAMPERED content\n", done))
-    worker.start()
-    script = ("exec 3</trusted.txt; cat /trusted.txt; : > /data/ready; "
-              "while [ ! -e /data/go ]; do sleep 0.05; done; "
-              "cat <&3; echo ---; cat /trusted.txt; echo rc=$?")
-    result = enclave.run("-c", script, env={**os.environ, "PYLOS_VERIFIED_VIEW": "0"})
-    worker.join()
+    result = _trusted_file_changed_midway(make_enclave,
+                                          {**os.environ, "PYLOS_VERIFIED_VIEW": "0"})
     assert "TAMPERED" not in result.stdout
     assert result.stdout.startswith("trusted content\ntrusted content\n---\n")
     assert "rc=1" in result.stdout

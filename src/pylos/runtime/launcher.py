@@ -77,7 +77,6 @@ if TYPE_CHECKING:
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
-CLONE_NEWUSER = 0x10000000
 ADDR_NO_RANDOMIZE = 0x0040000
 READ_IMPLIES_EXEC = 0x0400000
 PERSONALITY_QUERY = 0xFFFFFFFF
@@ -119,7 +118,7 @@ def filter_for(config: EnclaveConfig, verified: bool = False) -> tuple[bytes, di
 
     `verified`: the view is the verified view (runtime/fs/verified.py), which the kernel
     enforces: only opens that may write or create are trapped (the filter looks at the
-    flags), and exec and access go straight to the kernel."""
+    flags), access goes straight to the kernel, and exec is trapped for log lines only."""
     actions: dict[int, int] = {}
     handlers: dict = {}
     for name in DENIED:
@@ -946,11 +945,11 @@ def _serve_verified_view(config: EnclaveConfig, log: Log, fd: int, creator: int,
 
     roots = config.verified_roots or []
 
-    def driver(_fd: int) -> VerifiedFs:
+    def driver() -> VerifiedFs:
         return VerifiedFs(roots, TrustedFiles(config.trusted, log), config.trusted,
                           config.allowed, config.allow_all_but_log, config.view_path_of, log)
 
-    config.verified_view = VerifiedView(roots)
+    config.verified_view = VerifiedView()
     config.verified_view.start(fd, creator, driver, log, close=[channel.fileno()])
 
 

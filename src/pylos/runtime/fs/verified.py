@@ -149,14 +149,13 @@ class VerifiedFs(Driver):
         return _attr(st, mode=st.st_mode & ~EXEC_BITS)
 
     def _refused(self, name: str) -> Attr:
-        """The program looks up a file init found refused: say why, at each open."""
+        """The program looks up a trusted file that failed its check at init's lookup (see
+        `_regular`): check it again, and say why at each open."""
         host = self._host(name)
-        digest = self.expected.get(host) or self.digests.get(host)
-        if digest is None:
-            self.log("error", f"Disallowing access to file '{self.view_path_of(host)}'; file is "
-                     "not allowed.")
+        entry = self._digest(host, os.stat(host))
+        if entry is None:
             raise OSError(errno.EACCES, name)
-        self._verify(host, digest)  # a tampered file: Gramine's hash line, EPERM
+        self._verify(host, entry[1])  # a tampered file: Gramine's hash line, EPERM
         self.log("error", f"Trusted file '{host}' changed on the host while the enclave started")
         raise OSError(errno.EPERM, name)
 
@@ -282,14 +281,13 @@ def _attr(st: os.stat_result, mode: int | None = None) -> Attr:
 
 
 class VerifiedView:
-    """The supervisor's side of the verified view: which host paths it shows (the same list
-    in init, which binds them), and its server process once init has mounted it."""
+    """The supervisor's side of the verified view: its server process, once init has mounted
+    it."""
 
-    def __init__(self, roots: list[str]) -> None:
-        self.roots = roots
+    def __init__(self) -> None:
         self.server_pid: int | None = None
 
-    def start(self, fd: int, namespace_of: int, serve: Callable[[int], VerifiedFs],
+    def start(self, fd: int, namespace_of: int, serve: Callable[[], VerifiedFs],
               log: Callable[[str, str], None], close: list[int]) -> None:
         """Fork the server for the mounted descriptor `fd`: in the enclave's user namespace
         (that of process `namespace_of`), so it reads the host with the program's rights,
@@ -306,7 +304,7 @@ class VerifiedView:
                 become_file_server(namespace_of)
                 _libc = ctypes.CDLL(None)
                 _libc.prctl(PR_SET_NAME, b"pylos-view", 0, 0, 0)  # for ps, and the tests
-                server = FuseServer(fd, serve(fd), log, "the verified view")
+                server = FuseServer(fd, serve(), log, "the verified view")
                 server.serve()
                 code = 0
             except BaseException as exc:
