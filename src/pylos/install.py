@@ -110,14 +110,20 @@ def libos_hash() -> str:
     Each file contributes `<relative posix path>\\0<sha256 hex>\\n`, in sorted path order;
     byte-code caches are skipped. The hash depends on content only, never on the install path.
     """
-    package_root = Path(__file__).resolve().parent
-    files = sorted(
-        p.relative_to(package_root).as_posix()
-        for p in package_root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
-    )
+    # os.walk, not Path.rglob: every `pylos run` computes this, and pathlib's walk costs
+    # as much as the hashing.
+    package_root = os.path.dirname(os.path.realpath(__file__))
+    files = []
+    for directory, subdirectories, names in os.walk(package_root, followlinks=True):
+        subdirectories[:] = [d for d in subdirectories if d != "__pycache__"]
+        inside = os.path.relpath(directory, package_root)
+        for name in names:
+            full = os.path.join(directory, name)
+            if not name.endswith(".pyc") and os.path.isfile(full):
+                files.append((name if inside == "." else f"{inside}/{name}", full))
     outer = hashlib.sha256()
-    for rel in files:
-        digest = hashlib.sha256((package_root / rel).read_bytes()).hexdigest()
+    for rel, full in sorted(files):
+        with open(full, "rb") as content:
+            digest = hashlib.sha256(content.read()).hexdigest()
         outer.update(f"{rel}\0{digest}\n".encode())
     return outer.hexdigest()
