@@ -116,7 +116,7 @@ class TrustedFiles:
         """
         inode = (st.st_dev, st.st_ino)
         if fd is not None and self.union is not None and self.union.holds(fd):
-            return None if self.union.in_upper(fd) else self.below_union(fd)
+            return None if self.union.in_upper(fd) else self.by_path(fd)
         if fd is not None and self.verified_mounts and mount_id(fd) in self.verified_mounts:
             return self.in_verified_view(fd)
         known = self._known.get(inode)
@@ -145,24 +145,26 @@ class TrustedFiles:
                 self._by_inode.setdefault((host.st_dev, host.st_ino), (path, digest))
         return self._by_inode.get(inode)
 
-    def below_union(self, fd: int) -> tuple[str, str] | None:
-        """(host path, sha256) of a union root's file that is still the image's (the caller
-        knows it is not in the upper layer). The overlay's inode is not the host file's: by
-        path alone; the hash check decides."""
+    def by_path(self, fd: int) -> tuple[str, str] | None:
+        """(host path, sha256) of the trusted file whose host path the mount table gives for
+        `fd`'s place in the view, by path alone: for files whose inodes are not the host's
+        (a union root's image below the overlay, the verified view); the hash check decides."""
         host = self._host_path_of(os.readlink(f"/proc/self/fd/{fd}"))
         digest = self._expected_by_path.get(host) if host else None
         return (host, digest) if host and digest else None
 
     def in_verified_view(self, fd: int) -> tuple[str, str] | None:
-        """(host path, sha256) of a file of the verified view (runtime/fs/verified.py), whose
-        inodes are the view's own: by its path, or the host inode that path names (the
-        manifest may spell it through a symlinked directory)."""
-        found = self.below_union(fd)
-        if found is not None:
-            return found
+        """(host path, sha256) of a file of the verified view (runtime/fs/verified.py): by its
+        path, or the host inode that path names (the manifest may spell it through a
+        symlinked directory)."""
         host = self._host_path_of(os.readlink(f"/proc/self/fd/{fd}"))
+        if not host:
+            return None
+        digest = self._expected_by_path.get(host)
+        if digest is not None:
+            return host, digest
         try:
-            return self.lookup(os.stat(host)) if host else None
+            return self.lookup(os.stat(host))
         except OSError:
             return None
 
@@ -319,7 +321,7 @@ class FilePolicy:
                                   f"'{name}'")
             return Admitted(fd, "served by the verified view")
         # Where the kernel actually opened it, as a canonical path in the view.
-        entry = self.trusted.below_union(fd) if on_union else self.trusted.lookup(st, fd)
+        entry = self.trusted.by_path(fd) if on_union else self.trusted.lookup(st, fd)
         if entry is not None:
             host_path, expected = entry
             if _writes(flags):

@@ -147,14 +147,18 @@ def _mount_ids(paths: list[str]) -> list[int]:
     return [found[p] for p in paths if p in found]
 
 
-def become_file_server(namespace_of: int | None) -> None:
+def become_file_server(namespace_of: int | None, name: bytes | None = None) -> None:
     """Make a freshly forked process a file server: it dies with its parent (PDEATHSIG), the
-    signals of the terminal are not for it, and with `namespace_of` it joins that process's
-    user namespace, giving up the host privileges of `pylos run`."""
+    signals of the terminal are not for it, with `namespace_of` it joins that process's user
+    namespace, giving up the host privileges of `pylos run`, and with `name` it is called
+    that (its comm, as `ps` shows it)."""
     import ctypes
     import signal
 
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    libc = ctypes.CDLL(None)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if name is not None:
+        libc.prctl(15, name, 0, 0, 0)  # PR_SET_NAME
     # Out of the supervisor's process group: `kill -TERM -<pylos run>` (a service manager,
     # a benchmark stopping a server) is for the program, which may still write its final
     # state here (redis saves a snapshot on SIGTERM, and will not exit if it cannot). The

@@ -34,7 +34,6 @@ host bytes.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import stat
@@ -57,7 +56,6 @@ DAY = 86400.0
 DEFAULT_BUDGET = 512 << 20  # bytes of verified copies kept
 MAX_LINKS = 40  # Linux's limit on symlinks followed in one resolution
 EXEC_BITS = 0o111
-PR_SET_NAME = 15
 INIT_PID = 1  # the enclave's init, in the mount's PID namespace: it builds the view
 
 
@@ -83,7 +81,6 @@ class VerifiedFs(Driver):
         self.copies: OrderedDict[str, int] = OrderedDict()  # host path -> sealed memfd
         self.held = 0  # bytes in `copies`
         self.attrs: dict[str, Attr] = {}  # what each verified file showed, kept after eviction
-        self.sizes: dict[str, int] = {}
         self.digests: dict[str, str] = {}  # of each file verified once
         self.aliases: dict[str, str] = {}  # a link out of the roots -> the trusted file shown
         self.unknown_logged: set[str] = set()  # allow_all_but_log: each file once
@@ -211,14 +208,13 @@ class VerifiedFs(Driver):
         self.bytes_hashed += key.size
         self.log("debug", f"trusted file '{host}' verified ({key.size} bytes)")
         self.attrs.setdefault(host, _attr(st))
-        self.sizes[host] = key.size
         self.digests[host] = expected
         self.copies[host] = memfd
         self.held += key.size
         while self.held > self.budget and len(self.copies) > 1:
             old, old_fd = self.copies.popitem(last=False)
             os.close(old_fd)
-            self.held -= self.sizes[old]
+            self.held -= self.attrs[old].size
         return memfd
 
     def read_node(self, ctx: Context, path: str, offset: int, size: int) -> bytes:
@@ -301,9 +297,7 @@ class VerifiedView:
             try:
                 for other in close:
                     os.close(other)
-                become_file_server(namespace_of)
-                _libc = ctypes.CDLL(None)
-                _libc.prctl(PR_SET_NAME, b"pylos-view", 0, 0, 0)  # for ps, and the tests
+                become_file_server(namespace_of, b"pylos-view")  # the name: for ps, the tests
                 server = FuseServer(fd, serve(), log, "the verified view")
                 server.serve()
                 code = 0

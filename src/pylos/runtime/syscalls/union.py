@@ -41,7 +41,7 @@ def verify_copy_up(sup: Supervisor, fd: int, name: str) -> None:
         return
     if union.in_upper(fd):
         return
-    entry = sup.policy.trusted.below_union(fd)
+    entry = sup.policy.trusted.by_path(fd)
     if entry is None:
         raise PolicyError(errno.EACCES, f"Disallowing access to file '{name}'; file is not "
                           "allowed.")
