@@ -17,8 +17,8 @@ import marshal
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 CACHE_VERSION = 2
 RACY_WINDOW_NS = 2_000_000_000
@@ -34,8 +34,7 @@ def cache_dir() -> Path:
     return Path(xdg) / "pylos"
 
 
-@dataclass(frozen=True)
-class FileKey:
+class FileKey(NamedTuple):
     """The identity of one version of a file, as far as the cache is concerned."""
 
     dev: int

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import sys
 from functools import cache
 from pathlib import Path
@@ -104,14 +105,10 @@ def _populate_runtimedir(target: Path) -> None:
 
 
 @cache
-def libos_hash() -> str:
-    """SHA-256 over the pylos package's own files: the identity of this LibOS build.
-
-    Each file contributes `<relative posix path>\\0<sha256 hex>\\n`, in sorted path order;
-    byte-code caches are skipped. The hash depends on content only, never on the install path.
-    """
-    # os.walk, not Path.rglob: every `pylos run` computes this, and pathlib's walk costs
-    # as much as the hashing.
+def _package_files() -> list[tuple[str, str, os.stat_result]]:
+    """(path relative to the package, full path, stat) of the package's own files, sorted;
+    byte-code caches skipped. os.walk, not Path.rglob: every `pylos run` walks them, and
+    pathlib's walk costs as much as hashing them."""
     package_root = os.path.dirname(os.path.realpath(__file__))
     files = []
     for directory, subdirectories, names in os.walk(package_root, followlinks=True):
@@ -119,11 +116,32 @@ def libos_hash() -> str:
         inside = os.path.relpath(directory, package_root)
         for name in names:
             full = os.path.join(directory, name)
-            if not name.endswith(".pyc") and os.path.isfile(full):
-                files.append((name if inside == "." else f"{inside}/{name}", full))
+            if name.endswith(".pyc"):
+                continue
+            st = os.stat(full)
+            if stat.S_ISREG(st.st_mode):
+                files.append((name if inside == "." else f"{inside}/{name}", full, st))
+    return sorted(files)
+
+
+@cache
+def libos_hash() -> str:
+    """SHA-256 over the pylos package's own files: the identity of this LibOS build.
+
+    Each file contributes `<relative posix path>\\0<sha256 hex>\\n`, in sorted path order;
+    byte-code caches are skipped. The hash depends on content only, never on the install path.
+    """
     outer = hashlib.sha256()
-    for rel, full in sorted(files):
+    for rel, full, _ in _package_files():
         with open(full, "rb") as content:
             digest = hashlib.sha256(content.read()).hexdigest()
         outer.update(f"{rel}\0{digest}\n".encode())
     return outer.hexdigest()
+
+
+def libos_fingerprint() -> str:
+    """A digest of every package file's path, size, inode, modification and change times:
+    it changes whenever `libos_hash` may have (what a cache of that hash is keyed by)."""
+    stamps = "".join(f"{rel}\0{st.st_size}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n"
+                     for rel, _, st in _package_files())
+    return hashlib.sha256(stamps.encode()).hexdigest()

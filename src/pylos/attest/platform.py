@@ -12,7 +12,6 @@ every verifier rejects unless told to accept simulated evidence.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -77,7 +76,7 @@ class SimulatedPlatform:
     @cached_property
     def secret(self) -> bytes:
         """The base key of every simulated EGETKEY (the CPU's fused secret)."""
-        data = self.read_or_create(SECRET_FILE, lambda: secrets.token_bytes(SECRET_SIZE))
+        data = self.read_or_create(SECRET_FILE, lambda: os.urandom(SECRET_SIZE))
         if len(data) != SECRET_SIZE:
             raise PylosError(
                 f"simulated platform secret '{self.root / SECRET_FILE}' is {len(data)} bytes,"
@@ -90,7 +89,7 @@ class SimulatedPlatform:
         """The simulated provisioning: attestation key, PCK chain, collateral signing keys."""
         from pylos.attest.pki import SimulatedPki, make_pki
 
-        data = self.read_or_create(PKI_FILE, lambda: make_pki(secrets.token_bytes(16)))
+        data = self.read_or_create(PKI_FILE, lambda: make_pki(os.urandom(16)))
         try:
             return SimulatedPki.loads(data)
         except (ValueError, KeyError, TypeError) as exc:

@@ -4,8 +4,6 @@ Options end at APP (or `--`): everything after it is the program's."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pylos.errors import PylosError
 
 LOG_LEVELS = ("none", "error", "warning", "debug", "trace", "all")
@@ -31,11 +29,14 @@ signature or a bad option; 1 when the enclave could not start.
 """
 
 
-@dataclass
 class RunOptions:
-    mode: str = "auto"  # auto: signed when APP.manifest.sgx exists; sgx; direct
-    log_level: str | None = None
-    trace_file: str | None = None
+    """What `pylos run`'s options ask for."""
+
+    def __init__(self, mode: str = "auto", log_level: str | None = None,
+                 trace_file: str | None = None) -> None:
+        self.mode = mode  # auto: signed when APP.manifest.sgx exists; sgx; direct
+        self.log_level = log_level
+        self.trace_file = trace_file
 
 
 def parse_run_args(argv: list[str]) -> tuple[RunOptions, str | None, list[str]]:

@@ -9,7 +9,6 @@ reported with its dotted path (`sgx.trusted_files[2].sha256`), all of them at on
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from pylos.errors import InputError
@@ -108,13 +107,13 @@ def OneOf(*alternatives: Checker, expected: str) -> Checker:
     return check
 
 
-@dataclass
 class Table:
-    """A table with a fixed set of keys; unknown keys are errors."""
+    """A table with a fixed set of keys; unknown keys are errors. (A plain class: `pylos run`
+    imports this schema, and generating a dataclass costs start-up time.)"""
 
-    fields: dict[str, Checker]
-    required: tuple[str, ...] = ()
-    rules: list[Callable[[dict, str, list[str]], None]] = field(default_factory=list)
+    def __init__(self, fields: dict[str, Checker], required: tuple[str, ...] = (),
+                 rules: list[Callable[[dict, str, list[str]], None]] | None = None) -> None:
+        self.fields, self.required, self.rules = fields, required, rules or []
 
     def __call__(self, value: Any, path: str, errors: list[str]) -> None:
         if not isinstance(value, dict):

@@ -62,6 +62,7 @@ from pylos.pf.format import (
     parse_header,
     physical_size,
 )
+from pylos.pf.native import node_cipher
 
 DEFAULT_CACHE_NODES = 1024  # 4 MiB of plaintext; Gramine keeps 48 nodes
 JOURNAL_SUFFIX = ".pylos-journal"
@@ -567,6 +568,19 @@ class ProtectedFile:
         if got != count * NODE_SIZE:
             raise PfError(f"{self._what()}: node {phys + got // NODE_SIZE} is missing (the host "
                           "file was truncated)", "size")
+        cipher = node_cipher()
+        if cipher is not None:  # the whole run in one call (pylos.pf.native)
+            start = data_slot(first)
+            plain, bad = cipher.decrypt(view, bytes(parent[start:start + count * SLOT_SIZE]),
+                                        count)
+            if bad >= 0:
+                raise PfError(f"{self._what()}: data node {first + bad} (node {phys + bad}): "
+                              "MAC mismatch (the file was modified or corrupted)",
+                              f"node {phys + bad} MAC")
+            for i in range(count):
+                self._cache[phys + i] = _Node(_DATA, first + i, phys + i,
+                                              plain[i * NODE_SIZE:(i + 1) * NODE_SIZE])
+            return
         # backwards, so each tag can follow its ciphertext over the next (done) node's start
         for i in reversed(range(count)):
             a = i * NODE_SIZE
@@ -648,6 +662,20 @@ class ProtectedFile:
         keys = os.urandom(KEY_SIZE * (len(dirty_data) + len(dirty_mht) + root))
         records: list[tuple[int, bytes | memoryview]] = []
         k = 0
+        cipher = node_cipher()
+        if cipher is not None and dirty_data:  # every data node in one call (pylos.pf.native)
+            k = KEY_SIZE * len(dirty_data)
+            ciphertexts, tags = cipher.encrypt(b"".join(node.plain for node in dirty_data),
+                                               keys[:k], len(dirty_data))
+            sealed = memoryview(ciphertexts)
+            for i, node in enumerate(dirty_data):
+                parent = self._mht(node.number // DATA_SLOTS)
+                slot = data_slot(node.number)
+                parent.plain[slot:slot + KEY_SIZE] = keys[i * KEY_SIZE:(i + 1) * KEY_SIZE]
+                parent.plain[slot + KEY_SIZE:slot + SLOT_SIZE] = tags[i * MAC_SIZE:
+                                                                      (i + 1) * MAC_SIZE]
+                records.append((node.physical, sealed[i * NODE_SIZE:(i + 1) * NODE_SIZE]))
+            dirty_data = []
         for node in dirty_data:
             key = keys[k:k + KEY_SIZE]
             k += KEY_SIZE

@@ -8,9 +8,8 @@ against the host working directory, the trusted/allowed file sets, and the limit
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pylos.errors import PylosError
 from pylos.manifest import Manifest, parse_size
@@ -27,8 +26,7 @@ DEFAULT_STACK = "256K"
 DEFAULT_FDS = 900
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     """One entry of the enclave's mount table: `path` inside, `host` outside (None for tmpfs)."""
 
     type: str
@@ -40,8 +38,10 @@ class Mount:
     read_only: bool = False  # pylos_read_only: never writable, allowed or not
 
 
-@dataclass
 class EnclaveConfig:
+    """The resolved configuration; built by `build_config` with every field below as a keyword
+    (a plain class: generating a dataclass's methods costs each `pylos run` start-up time)."""
+
     entrypoint: str
     argv: list[str]
     env: dict[str, str]
@@ -65,18 +65,29 @@ class EnclaveConfig:
     enable_sigterm_injection: bool
     extra_runtime_domain_names_conf: bool
     mock_syscalls: dict[str, int]
-    mount_table: list[Mount] = field(default_factory=list)  # deepest path first
-    insecure: list[str] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)  # to log once the log is set up
+    mount_table: list[Mount]  # deepest path first
+    insecure: list[str]
+    messages: list[str]  # to log once the log is set up
     # Set by the launcher: the FUSE mounts (encrypted, /dev/attestation) and the key store.
-    fuse: FuseSetup = field(default=None)  # type: ignore[assignment]
+    fuse: FuseSetup
     # Trusted files stored encrypted (a workspace's `build --image-key`): (fd, host path) ->
     # the plaintext to verify and serve, or None for a file stored as it is.
-    decrypt_trusted: Callable[[int, str], bytes | None] | None = None
+    decrypt_trusted: Callable[[int, str], bytes | None] | None
     # Set by the launcher when the view is the verified view (runtime/fs/verified.py): the
     # host paths it shows, and its server once running.
-    verified_roots: list[str] | None = None
-    verified_view: VerifiedView | None = None
+    verified_roots: list[str] | None
+    verified_view: VerifiedView | None
+
+    def __init__(self, **fields: Any) -> None:
+        self.mount_table, self.insecure, self.messages = [], [], []
+        self.fuse = None  # type: ignore[assignment]
+        self.decrypt_trusted = self.verified_roots = self.verified_view = None
+        names = EnclaveConfig.__annotations__
+        unknown = sorted(fields.keys() - names.keys())
+        missing = [name for name in names if name not in fields and not hasattr(self, name)]
+        if unknown or missing:
+            raise TypeError(f"EnclaveConfig: unknown fields {unknown}, missing {missing}")
+        self.__dict__.update(fields)
 
     def host_path_of(self, path: str) -> str | None:
         """The host path behind a canonical in-view path, by the mount table (None: tmpfs)."""

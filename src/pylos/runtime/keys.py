@@ -17,7 +17,6 @@ from pylos.errors import PylosError
 
 if TYPE_CHECKING:
     from pylos.attest.platform import SimulatedPlatform
-    from pylos.sgx.structs import ReportBody
 
 KEY_SIZE = 16
 SEALING_KEYS = {"_sgx_mrenclave": "mrenclave", "_sgx_mrsigner": "mrsigner"}
@@ -27,19 +26,20 @@ _HEX_KEY = re.compile(r"[0-9a-fA-F]{32}")
 class KeyStore:
     """Named 16-byte keys, shared by the supervisor's FUSE servers (thread-safe)."""
 
-    def __init__(self, identity: ReportBody | None = None,
+    def __init__(self, report_body: bytes | None = None,
                  platform: SimulatedPlatform | None = None) -> None:
+        """`report_body`: the enclave's identity (its packed report body), SGX mode only."""
         self._keys: dict[str, bytes] = {}
         self._declared: set[str] = set()  # named by a mount, maybe not set yet
         self._lock = threading.Lock()
-        self._identity = identity  # SGX mode only: the sealing keys exist
+        self._identity = report_body  # SGX mode only: the sealing keys exist
         self._platform = platform
 
     @classmethod
-    def from_manifest(cls, data: dict, identity: ReportBody | None = None,
+    def from_manifest(cls, data: dict, report_body: bytes | None = None,
                       platform: SimulatedPlatform | None = None) -> KeyStore:
         """The store with the manifest's `fs.insecure__keys`, checked (PylosError if bad)."""
-        store = cls(identity, platform)
+        store = cls(report_body, platform)
         keys = data.get("fs", {}).get("insecure__keys", {})
         if not isinstance(keys, dict):
             raise PylosError("fs.insecure__keys: must be a table of name = \"<32 hex digits>\"")
@@ -94,8 +94,9 @@ class KeyStore:
     def _sealing_key(self, policy: str) -> bytes:
         from pylos.attest.platform import SimulatedPlatform
         from pylos.sgx.egetkey import sealing_key
+        from pylos.sgx.structs import ReportBody
 
         if self._platform is None:
             self._platform = SimulatedPlatform()
         assert self._identity is not None
-        return sealing_key(self._platform.secret, self._identity, policy)
+        return sealing_key(self._platform.secret, ReportBody.unpack(self._identity), policy)

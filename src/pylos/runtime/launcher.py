@@ -30,9 +30,8 @@ import signal
 import socket
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pylos.errors import PylosError
 from pylos.runtime import seccomp
@@ -103,8 +102,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-@dataclass(frozen=True)
-class Confinement:
+class Confinement(NamedTuple):
     """What the program's process applies to itself just before its exec: the seccomp
     filter, and Landlock's rules (none when the kernel has no Landlock: `landlock_abi` 0)."""
 
@@ -713,7 +711,7 @@ def run(app: str, host_args: list[str],
         config.log_level = options.log_level
     if options.trace_file is not None:
         config.log_file = options.trace_file
-    config.fuse = FuseSetup.prepare(config, loaded.manifest.data, loaded.identity)
+    config.fuse = FuseSetup.prepare(config, loaded.manifest.data, loaded.report_body)
     log = Log(config)
     if config.log_level != "none":
         if not loaded.sgx_mode:

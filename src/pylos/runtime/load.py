@@ -10,7 +10,9 @@ Parsing a 1.6 MB python manifest costs ~300 ms, so the parsed form is cached (ma
 the SHA-256 of the manifest bytes, with an HMAC under a key derived from the simulated
 platform's secret: a cache entry the host rewrote is detected and the manifest parsed again.
 The measurement (MRENCLAVE, attributes) is cached the same way, under the manifest's and the
-LibOS's hashes; the SIGSTRUCT's signature is checked every run.
+LibOS's hashes, and so is a `.sig`'s verdict (its signature verified, the fields the run needs)
+under the `.sig`'s own hash: a `.sig` is parsed and its signature checked when its bytes are
+first seen, and a changed byte is a new `.sig`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import marshal
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pylos import install
 from pylos.errors import PylosError
@@ -30,19 +31,27 @@ from pylos.manifest import Manifest
 MAC_SIZE = 32
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pylos.sgx.sigstruct import Sigstruct
     from pylos.sgx.structs import ReportBody
 
 
-@dataclass
-class LoadedEnclave:
+class LoadedEnclave(NamedTuple):
     manifest: Manifest
     sgx_mode: bool
     digest: str  # SHA-256 of the manifest file: names its caches
     mr_enclave: bytes | None = None
     mr_signer: bytes | None = None
-    # SGX mode: the enclave as EREPORT/EGETKEY see it (its report body, report_data zero).
-    identity: ReportBody | None = None
+    # SGX mode: the enclave as EREPORT/EGETKEY see it (its report body, report_data zero),
+    # packed: a run that attests nothing never imports the SGX structures.
+    report_body: bytes | None = None
+
+    @property
+    def identity(self) -> ReportBody | None:
+        from pylos.sgx.structs import ReportBody
+
+        return None if self.report_body is None else ReportBody.unpack(self.report_body)
 
 
 def app_base(app: str) -> str:
@@ -136,25 +145,19 @@ def _read(path: Path) -> bytes:
         raise PylosError(f"cannot read '{path}': {exc.strerror}") from None
 
 
-def _measured(data: bytes, manifest: Manifest, digest: str) -> tuple[bytes, int, int, int]:
-    """(MRENCLAVE, attribute flags, XFRM, MISCSELECT) of the manifest with this LibOS: from
-    the cache when its MAC verifies (computing them costs ~40 ms of imports and hashing per
-    start), else measured and cached. Keyed by the manifest's and the LibOS's hashes."""
-    name = f"{digest}-{install.libos_hash()[:32]}"
-    cached = cache_dir() / "measurements" / f"{name}.marshal"
-    key = _cache_key(name, b"pylos measurement cache ")
+def _cached(kind: str, name: str, compute: Callable[[], tuple]) -> tuple:
+    """`compute()`'s result, from the cache `kind`/`name` when its MAC verifies, else
+    computed and cached (marshal, under a MAC keyed like the parse cache's)."""
+    cached = cache_dir() / kind / f"{name}.marshal"
+    key = _cache_key(name, f"pylos {kind} cache ".encode())
     try:
         blob = cached.read_bytes()
         mac, body = blob[:MAC_SIZE], blob[MAC_SIZE:]
         if hmac.compare_digest(mac, hmac.digest(key, body, "sha256")):
-            mr_enclave, flags, xfrm, misc_select = marshal.loads(body)
-            return mr_enclave, flags, xfrm, misc_select
+            return tuple(marshal.loads(body))
     except (OSError, EOFError, ValueError, TypeError):
-        pass  # missing, damaged or forged: measure
-    from pylos.sgx.sign import enclave_attributes, measure
-
-    attributes, _, misc_select = enclave_attributes(manifest)
-    result = (measure(data, manifest), attributes.flags, attributes.xfrm, misc_select)
+        pass  # missing, damaged or forged: compute
+    result = compute()
     try:
         body = marshal.dumps(result)
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -164,36 +167,69 @@ def _measured(data: bytes, manifest: Manifest, digest: str) -> tuple[bytes, int,
     return result
 
 
-def _load_signed(manifest_path: Path, sig_path: Path) -> LoadedEnclave:
-    from pylos.sgx.sigstruct import Sigstruct
+def _measured(data: bytes, manifest: Manifest, digest: str) -> tuple:
+    """(MRENCLAVE, attribute flags, XFRM, MISCSELECT) of the manifest with this LibOS,
+    cached (computing them costs ~40 ms of imports and hashing per start) by the manifest's
+    and the LibOS's hashes."""
+    def measure() -> tuple:
+        from pylos.sgx.sign import enclave_attributes, measure
 
+        attributes, _, misc_select = enclave_attributes(manifest)
+        return measure(data, manifest), attributes.flags, attributes.xfrm, misc_select
+
+    return _cached("measurements", f"{digest}-{_libos_hash()[:32]}", measure)
+
+
+def _libos_hash() -> str:
+    """This pylos's `libos_hash`, cached by the package files' stat fingerprint: hashing
+    the package's 1.2 MB on every start costs more than stat-ing its files."""
+    return _cached("libos", install.libos_fingerprint(), lambda: (install.libos_hash(),))[0]
+
+
+def _verified_signature(sig: bytes, sig_path: Path) -> tuple:
+    """(ENCLAVEHASH, MRSIGNER, attribute flags, XFRM, MISCSELECT, the enclave's packed report
+    body) of a `.sig` whose signature verifies (PylosError otherwise), cached by the `.sig`'s
+    SHA-256: the same bytes verify the same way, and the SIGSTRUCT's code and structures cost
+    ~15 ms of imports per start."""
+    def verify() -> tuple:
+        from pylos.sgx.sigstruct import Sigstruct
+
+        try:
+            sigstruct = Sigstruct.unpack(sig)
+        except ValueError as exc:
+            raise PylosError(f"'{sig_path}': {exc}") from None
+        if not sigstruct.verify():
+            raise PylosError(f"'{sig_path}': the SIGSTRUCT signature does not verify")
+        return (sigstruct.enclave_hash, sigstruct.mr_signer(), sigstruct.attributes.flags,
+                sigstruct.attributes.xfrm, sigstruct.misc_select,
+                enclave_identity(sigstruct).pack())
+
+    return _cached("signatures", hashlib.sha256(sig).hexdigest(), verify)
+
+
+def _load_signed(manifest_path: Path, sig_path: Path) -> LoadedEnclave:
     data = _read(manifest_path)
-    try:
-        sigstruct = Sigstruct.unpack(_read(sig_path))
-    except ValueError as exc:
-        raise PylosError(f"'{sig_path}': {exc}") from None
-    if not sigstruct.verify():
-        raise PylosError(f"'{sig_path}': the SIGSTRUCT signature does not verify")
+    enclave_hash, mr_signer, sig_flags, sig_xfrm, sig_misc_select, report_body = (
+        _verified_signature(_read(sig_path), sig_path))
     digest = hashlib.sha256(data).hexdigest()
     manifest = _parse_cached(data, str(manifest_path), digest)
     recorded = manifest.data["loader"]["entrypoint"].get("sha256")
-    if recorded != install.libos_hash():
+    if recorded != _libos_hash():
         raise PylosError(
             "Hash of entrypoint does not match with the reference hash in manifest "
             f"(the manifest was signed for LibOS {recorded}, this pylos is "
-            f"{install.libos_hash()}; re-sign it with this pylos)"
+            f"{_libos_hash()}; re-sign it with this pylos)"
         )
     mr_enclave, flags, xfrm, misc_select = _measured(data, manifest, digest)
-    if mr_enclave != sigstruct.enclave_hash:
+    if mr_enclave != enclave_hash:
         plain = manifest_path.with_suffix("")
         raise PylosError(f"'{manifest_path}' does not match the measurement in '{sig_path}' "
                          "(edited after signing, or the .sig of another build): rebuild both "
                          f"with `pylos sign -m {plain}`")
-    if (flags, xfrm, misc_select) != (sigstruct.attributes.flags, sigstruct.attributes.xfrm,
-                                      sigstruct.misc_select):
+    if (flags, xfrm, misc_select) != (sig_flags, sig_xfrm, sig_misc_select):
         raise PylosError(f"'{sig_path}': attributes do not match the manifest's sgx options")
-    return LoadedEnclave(manifest, sgx_mode=True, digest=digest, mr_enclave=sigstruct.enclave_hash,
-                         mr_signer=sigstruct.mr_signer(), identity=enclave_identity(sigstruct))
+    return LoadedEnclave(manifest, sgx_mode=True, digest=digest, mr_enclave=enclave_hash,
+                         mr_signer=mr_signer, report_body=report_body)
 
 
 def enclave_identity(sigstruct: Sigstruct) -> ReportBody:

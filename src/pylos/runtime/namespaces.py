@@ -18,7 +18,7 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pylos.errors import PylosError
 from pylos.runtime.syscalls.table import SYSCALLS
@@ -108,8 +108,7 @@ def enter_user_namespace(inside_uid: int, inside_gid: int) -> None:
     _write_id_map("/proc/self/gid_map", f"{inside_gid} {gid} 1")
 
 
-@dataclass
-class _RangeMapper:
+class _RangeMapper(NamedTuple):
     pid: int
     go: int  # write end: one byte once the caller has its new user namespace
     done: int  # read end: b"1" once both maps are written
@@ -216,45 +215,48 @@ def root_index(roots: list[str], host: str) -> str | None:
     return f"{best}{rest}"
 
 
-@dataclass
-class Bind:
+class Bind(NamedTuple):
     host: str
     path: str
     writable: bool
 
 
-@dataclass
 class ViewPlan:
-    """What the view contains, in mount order (shallow paths first)."""
+    """What the view contains, in mount order (shallow paths first). (Plain classes here
+    and below: generating dataclasses' methods costs each `pylos run` start-up time.)"""
 
-    root_host: str | None
-    root_writable: bool
-    root_union: bool = False  # root_host below, a layer in enclave memory above (overlayfs)
-    binds: list[Bind | str] = field(default_factory=list)  # a str entry is a tmpfs path
-    loader_search: list[str] = field(default_factory=list)
-    synthesized: dict[str, bytes] = field(default_factory=dict)  # path -> content (read-only)
-    devices: dict[str, str] = field(default_factory=dict)  # path -> host device node (dev:)
-    # The verified view (runtime/fs/verified.py): the host paths it shows, which every
-    # read-only bind comes from (None: host binds, noexec, every open trapped).
-    verified_roots: list[str] | None = None
-    exec_allowed: bool = False  # allow_all_but_log: allowed files may run (Gramine's rule)
+    def __init__(self, root_host: str | None, root_writable: bool, root_union: bool = False,
+                 binds: list[Bind | str] | None = None, loader_search: list[str] | None = None,
+                 synthesized: dict[str, bytes] | None = None,
+                 devices: dict[str, str] | None = None, verified_roots: list[str] | None = None,
+                 exec_allowed: bool = False) -> None:
+        self.root_host = root_host
+        self.root_writable = root_writable
+        self.root_union = root_union  # root_host below, a layer in enclave memory above
+        self.binds = binds or []  # in mount order; a str entry is a tmpfs path
+        self.loader_search = loader_search or []
+        self.synthesized = synthesized or {}  # path -> content (read-only)
+        self.devices = devices or {}  # path -> host device node (dev:)
+        # The verified view (runtime/fs/verified.py): the host paths it shows, which every
+        # read-only bind comes from (None: host binds, noexec, every open trapped).
+        self.verified_roots = verified_roots
+        self.exec_allowed = exec_allowed  # allow_all_but_log: allowed files may run (Gramine)
 
 
-@dataclass
 class ViewResult:
     """Mount IDs the supervisor's policy needs (mount IDs are system-wide): read-write binds
     (allowed files) and the enclave's private mounts (tmpfs, its own /proc)."""
 
-    writable_mount_ids: list[int] = field(default_factory=list)
-    private_mount_ids: list[int] = field(default_factory=list)
-    staging_dirfd: int = -1  # init's only: the writable exec staging tmpfs
-    union_mount_id: int = -1  # a union root's overlay mount
-    union_upper_fd: int = -1  # its upper layer (O_PATH), for the supervisor's policy
-    verified_mount_ids: list[int] = field(default_factory=list)  # binds of the verified view
+    def __init__(self) -> None:
+        self.writable_mount_ids: list[int] = []
+        self.private_mount_ids: list[int] = []
+        self.staging_dirfd = -1  # init's only: the writable exec staging tmpfs
+        self.union_mount_id = -1  # a union root's overlay mount
+        self.union_upper_fd = -1  # its upper layer (O_PATH), for the supervisor's policy
+        self.verified_mount_ids: list[int] = []  # binds of the verified view
 
 
-@dataclass
-class VerifiedMount:
+class VerifiedMount(NamedTuple):
     """The verified view's FUSE descriptor (opened in the enclave's user namespace), the
     mount's owner, and how to hand the descriptor to the supervisor, which serves it."""
 

@@ -18,7 +18,6 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from pylos.hashing import FileKey
@@ -42,8 +41,7 @@ class Admitted(NamedTuple):
     verdict: str
 
 
-@dataclass
-class Verified:
+class Verified(NamedTuple):
     memfd: int
     size: int
 

@@ -14,7 +14,7 @@ import fcntl
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pylos.runtime.syscalls.table import MAX_SYSCALL, SYSCALLS
 
@@ -58,8 +58,7 @@ def off_arg(index: int) -> int:
     return 16 + 8 * index
 
 
-@dataclass(frozen=True)
-class ArgRule:
+class ArgRule(NamedTuple):
     """For syscall `nr`: the action of the first (value, action) that matches the low 32 bits
     of `args[arg]`, else `otherwise`. A value matches when any of its bits is set in the
     argument (flags: clone), or, with `equals`, when it is the argument (requests: ioctl).
@@ -83,8 +82,7 @@ class ArgRule:
         return block
 
 
-@dataclass(frozen=True)
-class SizeRule:
+class SizeRule(NamedTuple):
     """For syscall `nr`: `action` when `args[flag_arg]` has a bit of `flags` set and the whole
     64-bit `args[size_arg]` is at least `minimum` (< 2**32); else allow."""
 
@@ -170,13 +168,17 @@ ADDFD = struct.Struct("<QIIII")
 ID = struct.Struct("<Q")
 
 
-@dataclass
 class Notification:
-    id: int
-    pid: int
-    nr: int
-    arch: int
-    args: tuple[int, ...]
+    """One trapped system call, as the listener reports it (one per trapped call: no
+    dataclass, whose generated code costs start-up time)."""
+
+    __slots__ = ("arch", "args", "id", "nr", "pid")
+
+    def __init__(self, nid: int, pid: int, nr: int, arch: int, args: tuple[int, ...]) -> None:
+        self.id, self.pid, self.nr, self.arch, self.args = nid, pid, nr, arch, args
+
+    def __repr__(self) -> str:
+        return f"Notification(id={self.id}, pid={self.pid}, nr={self.nr}, args={self.args})"
 
 
 class Listener:

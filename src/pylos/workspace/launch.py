@@ -96,7 +96,7 @@ def image_hook(loaded: LoadedEnclave, config: EnclaveConfig, ws: Path) -> None:
         return
     from pylos.runtime.keys import KeyStore
 
-    sealing_key = KeyStore(loaded.identity).get("_sgx_mrenclave")
+    sealing_key = KeyStore(loaded.report_body).get("_sgx_mrenclave")
     if sealing_key is None:
         raise PylosError("an encrypted image runs only from the signed build (no sealing key)")
     config.decrypt_trusted = decryptor(ws, unseal_image_key(ws, sealing_key))

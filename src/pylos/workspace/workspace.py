@@ -418,7 +418,7 @@ def build_workspace(ws: Path, key_path: Path | None = None, reset: bool = False,
     from pylos.runtime.keys import KeyStore
     from pylos.runtime.load import enclave_identity
 
-    keys = KeyStore(enclave_identity(signed.sigstruct))
+    keys = KeyStore(enclave_identity(signed.sigstruct).pack())
     layer_key = keys.get(LAYER_KEY)
     assert layer_key is not None  # a signed enclave always has its sealing keys
     copy_up(ws, layer_key, log)

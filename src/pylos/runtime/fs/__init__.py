@@ -20,23 +20,20 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pylos.errors import PylosError
 from pylos.runtime.keys import KeyStore
 
 if TYPE_CHECKING:
     from pylos.runtime.config import EnclaveConfig, Mount
-    from pylos.sgx.structs import ReportBody
 
 ATTESTATION_PATH = "/dev/attestation"
 MAX_MOUNTS = 64  # descriptors the launch channel carries besides the root
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
 
 
-@dataclass(frozen=True)
-class FuseMount:
+class FuseMount(NamedTuple):
     path: str  # in the view
     kind: str  # "encrypted" or "attestation"
     is_file: bool = False
@@ -174,18 +171,15 @@ def become_file_server(namespace_of: int | None, name: bytes | None = None) -> N
         join_user_namespace(namespace_of)
 
 
-@dataclass
 class FuseSetup:
     """The supervisor's side: keys, the mounts, and their servers once running."""
 
-    mounts: list[FuseMount]
-    keys: KeyStore
-    identity: ReportBody | None
-    attestation_type: str
-    uid: int
-    gid: int
-    server_pid: int | None = None
-    _nested_go: int | None = None  # write end: the nested mounts are mounted, serve them
+    def __init__(self, mounts: list[FuseMount], keys: KeyStore, report_body: bytes | None,
+                 attestation_type: str, uid: int, gid: int) -> None:
+        self.mounts, self.keys, self.report_body = mounts, keys, report_body
+        self.attestation_type, self.uid, self.gid = attestation_type, uid, gid
+        self.server_pid: int | None = None
+        self._nested_go: int | None = None  # write end: nested mounts mounted, serve them
 
     @property
     def has_nested(self) -> bool:
@@ -201,8 +195,9 @@ class FuseSetup:
 
     @classmethod
     def prepare(cls, config: EnclaveConfig, manifest_data: dict,
-                identity: ReportBody | None) -> FuseSetup:
-        keys = KeyStore.from_manifest(manifest_data, identity)
+                report_body: bytes | None) -> FuseSetup:
+        """`report_body`: the enclave's identity, packed (SGX mode only)."""
+        keys = KeyStore.from_manifest(manifest_data, report_body)
         mounts = fuse_mounts(config)
         for index, spec in enumerate(mounts):
             if spec.is_file and is_nested(mounts, index):
@@ -210,13 +205,13 @@ class FuseSetup:
                                  "lies inside another encrypted mount; mount its directory")
             if spec.mount is not None:
                 keys.declare(spec.mount.key_name)
-                if spec.mount.key_name.startswith("_sgx_") and identity is None:
+                if spec.mount.key_name.startswith("_sgx_") and report_body is None:
                     config.messages.append(
                         f"warning: the encrypted mount at {spec.path} uses the sealing key "
                         f"'{spec.mount.key_name}', which exists only in SGX mode (sign the "
                         "manifest)")
         attestation_type = manifest_data.get("sgx", {}).get("remote_attestation", "none")
-        return cls(mounts, keys, identity, attestation_type, config.uid, config.gid)
+        return cls(mounts, keys, report_body, attestation_type, config.uid, config.gid)
 
     def start(self, fds: list[int], root_fd: int, log: Callable[[str, str], None],
               close: list[int] | None = None) -> None:
@@ -285,10 +280,15 @@ class FuseSetup:
                                      spec.mount.key_name, self.keys,
                                      spec.mount.enable_recovery, log, spec.path)
             else:
-                attestation = AttestationFs(self.keys, self.identity, self.attestation_type,
+                identity = None
+                if self.report_body is not None:
+                    from pylos.sgx.structs import ReportBody
+
+                    identity = ReportBody.unpack(self.report_body)
+                attestation = AttestationFs(self.keys, identity, self.attestation_type,
                                             log, self.uid, self.gid)
                 attestation.root_fd = root_fd
-                if self.identity is None:
+                if identity is None:
                     log("warning", f"{ATTESTATION_PATH}: development mode (unsigned manifest): "
                         "only keys/ exists; sign the manifest for report and quote")
                 driver = attestation

@@ -16,8 +16,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pylos.runtime.fs.fuse import FOPEN_DIRECT_IO, Attr, Context, Driver
 from pylos.runtime.keys import KEY_SIZE, SEALING_KEYS, KeyStore
@@ -34,17 +33,17 @@ READ_ONLY = stat.S_IFREG | 0o444
 READ_WRITE = stat.S_IFREG | 0o666
 
 
-@dataclass
 class ProcessState:
-    user_report_data: bytearray = field(default_factory=lambda: bytearray(REPORT_DATA_SIZE))
-    target_info: bytearray = field(default_factory=lambda: bytearray(TARGET_INFO_SIZE))
-    generated: dict[str, bytes] = field(default_factory=dict)  # report/quote being read
+    """What one process has written to /dev/attestation, and what it is reading."""
+
+    def __init__(self) -> None:
+        self.user_report_data = bytearray(REPORT_DATA_SIZE)
+        self.target_info = bytearray(TARGET_INFO_SIZE)
+        self.generated: dict[str, bytes] = {}  # report/quote being read
 
 
-@dataclass
-class Handle:
+class Handle(NamedTuple):
     path: str
-    tgid: int | None = None
 
 
 class AttestationFs(Driver):

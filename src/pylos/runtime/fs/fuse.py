@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Opcodes (enum fuse_opcode).
 LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK = 1, 2, 3, 4, 5, 6
@@ -80,8 +80,7 @@ DIRENT = struct.Struct("<QQII")
 ROOT_ID = 1
 
 
-@dataclass
-class Attr:
+class Attr(NamedTuple):
     """What a driver says about a file (ino and times are optional)."""
 
     mode: int
@@ -94,8 +93,7 @@ class Attr:
     atime_ns: int = 0
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(NamedTuple):
     """Who asks: the caller's ids and thread ID in the mount's namespaces (0: outside)."""
 
     uid: int
