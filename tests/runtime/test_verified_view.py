@@ -164,3 +164,66 @@ def test_a_tampered_trusted_file_is_refused_at_lookup(tmp_path: Path):
         driver.getattr(Context(0, 0, 2), "0/f0", None)
     assert refused.value.errno == errno.EPERM
     assert lines and lines[0].startswith("Hash of trusted file")
+
+
+def test_copies_stay_within_the_descriptors_the_server_has(tmp_path: Path):
+    # Each held copy is a descriptor: the server keeps fewer copies than it may open.
+    root, expected = _tree(tmp_path, 300, 64)
+    driver = VerifiedFs([str(root)], TrustedFiles(expected, lambda *_: None), expected, [],
+                        False, lambda host: host, lambda *_: None, max_copies=40)
+    program = Context(0, 0, 2)
+    for index in range(300):
+        driver.getattr(program, f"0/f{index}", None)
+        assert len(driver.copies) <= 40
+    assert driver.read_node(program, "0/f0", 0, 4) == bytes([0]) * 4  # verified again
+
+
+@pytest.mark.parametrize("view", ["verified", "trapped"])
+def test_thousands_of_small_trusted_files_under_a_low_open_files_limit(make_enclave, view):
+    # Python's standard library is thousands of small trusted files; a host whose open-files
+    # limit is 256 must still serve them all (each verified copy is one of the server's
+    # descriptors, so copies beyond what it may open are evicted, not refused).
+    import resource
+
+    enclave = make_enclave("/bin/sh")
+    many = enclave.root / "many"
+    many.mkdir()
+    count = 1500
+    for index in range(count):
+        (many / f"f{index}").write_text(f"{index}\n")
+    enclave.render(template=shell_template().replace(
+        '  "file:app",\n', '  "file:app",\n  "file:many/",\n'))
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    script = ("n=0; for f in /many/*; do read x < $f || exit 1; n=$((n+x)); done; "
+              "echo $n")
+    env = {**os.environ, "PYLOS_VERIFIED_VIEW": "1" if view == "verified" else "0"}
+    result = subprocess.run([PYLOS, "run", "app", "-c", script], cwd=enclave.root, env=env,
+                            capture_output=True, text=True, timeout=300, preexec_fn=low_limit)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{sum(range(count))}\n", result.stderr
+
+
+def test_the_supervisors_copies_stay_within_budget_and_descriptors(tmp_path: Path):
+    # The trapped view's copies (one memfd each) are bounded too; a closed copy is made and
+    # verified again at the next open.
+    root, expected = _tree(tmp_path, 200, 4096)
+    trusted = TrustedFiles(expected, lambda *_: None, budget=64 << 10, max_copies=8)
+    for index in range(200):
+        path = str(root / f"f{index}")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            copy = trusted.verified_copy(fd, path, expected[path])
+            assert os.pread(copy.memfd, 4, 0) == bytes([index % 251]) * 4
+        finally:
+            os.close(fd)
+        assert len(trusted._copies) <= 8
+    assert trusted.bytes_hashed == 200 * 4096
+    fd = os.open(str(root / "f0"), os.O_RDONLY)
+    try:
+        trusted.verified_copy(fd, str(root / "f0"), expected[str(root / "f0")])
+    finally:
+        os.close(fd)
+    assert trusted.bytes_hashed == 201 * 4096  # closed, so verified again

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import resource
 import stat
 from collections.abc import Callable
 from typing import NamedTuple
@@ -34,6 +35,11 @@ class PolicyError(Exception):
         super().__init__(message)
         self.errno = err
         self.level = level
+
+
+COPY_BUDGET = 512 << 20  # bytes of verified copies the supervisor keeps
+SPARE_DESCRIPTORS = 256  # of its open-files limit, for everything but copies
+HASH_IN_ONE_READ = 1 << 20  # a copy up to this size is hashed from one read
 
 
 class Admitted(NamedTuple):
@@ -79,12 +85,20 @@ class UnionRoot:
 
 
 class TrustedFiles:
-    """Trusted host files by inode, and their verified, sealed in-memory copies."""
+    """Trusted host files by inode, and their verified, sealed in-memory copies.
+
+    Copies beyond `budget` bytes or `max_copies` descriptors are closed, least recently used
+    first (a program may open 100 000 distinct trusted files), and made again from the host,
+    and verified again, at the next open; a program's own descriptor of a closed copy keeps
+    its bytes (the copy's inode stays known as verified). A copy is used by the handler that
+    asked for it, before any other copy is asked for, so none is closed under its user.
+    """
 
     def __init__(self, expected: dict[str, str], log: Callable[[str, str], None],
                  host_path_of: Callable[[str], str | None] = lambda _path: None,
                  decrypt: Callable[[int, str], bytes | None] | None = None,
-                 union: UnionRoot | None = None) -> None:
+                 union: UnionRoot | None = None, budget: int = COPY_BUDGET,
+                 max_copies: int | None = None) -> None:
         self.union = union
         self._expected_by_path = expected
         self._decrypt = decrypt
@@ -92,7 +106,10 @@ class TrustedFiles:
         self._by_inode: dict[tuple[int, int], tuple[str, str]] | None = None
         self._log = log
         self.bytes_hashed = 0  # this run's, for the log
-        self._copies: dict[FileKey, Verified] = {}
+        self._copies: dict[FileKey, Verified] = {}  # least recently used first
+        self._held = 0  # bytes in `_copies`
+        self._budget = budget
+        self._max_copies = copies_allowed(SPARE_DESCRIPTORS) if max_copies is None else max_copies
         self._known: dict[tuple[int, int], tuple[str, str]] = {}  # inode -> (host, sha256)
         # (device, inode) of the copies staged in the view for exec (runtime/staging.py):
         # verified bytes on a read-only private tmpfs.
@@ -173,8 +190,9 @@ class TrustedFiles:
                       st: os.stat_result | None = None) -> Verified:
         """A sealed memfd with the file's bytes, after checking them against `expected`."""
         key = FileKey.from_stat(st or os.fstat(fd))
-        cached = self._copies.get(key)
+        cached = self._copies.pop(key, None)
         if cached is not None:
+            self._copies[key] = cached  # now the most recently used
             return cached
         plain = self._decrypt(fd, host_path) if self._decrypt is not None else None
         if plain is not None:  # verified as plaintext, served as plaintext
@@ -192,8 +210,14 @@ class TrustedFiles:
 
     def _remember(self, key: FileKey, verified: Verified) -> Verified:
         self._copies[key] = verified
+        self._held += verified.size
         copy = os.fstat(verified.memfd)
         self.copy_inodes.add((copy.st_dev, copy.st_ino))
+        while (self._held > self._budget or len(self._copies) > self._max_copies) and len(
+                self._copies) > 1:
+            old = self._copies.pop(next(iter(self._copies)))
+            os.close(old.memfd)
+            self._held -= old.size
         return verified
 
     def _seal_plaintext(self, memfd: int, plain: bytes, host_path: str, expected: str,
@@ -211,6 +235,13 @@ class TrustedFiles:
         return self._remember(key, Verified(memfd, len(plain)))
 
 
+def copies_allowed(spare: int) -> int:
+    """How many verified copies (one descriptor each) a process may hold, keeping `spare` of
+    its open-files limit for everything else."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else max(16, soft - spare)
+
+
 def verified_memfd(fd: int, host_path: str, expected: str, key: FileKey) -> int:
     """A sealed memfd holding the bytes of `fd` (the file version `key`), once they hash to
     `expected`; PolicyError (EPERM, Gramine's line) otherwise.
@@ -224,9 +255,12 @@ def verified_memfd(fd: int, host_path: str, expected: str, key: FileKey) -> int:
         if not _copy_whole(fd, memfd, key):
             raise PolicyError(errno.EPERM, f"Trusted file '{host_path}' changed while it was "
                               "being verified")
-        with os.fdopen(os.dup(memfd), "rb") as copy:
-            copy.seek(0)
-            digest = hashlib.file_digest(copy, "sha256").hexdigest()
+        if key.size <= HASH_IN_ONE_READ:  # most trusted files: no file object, no buffer
+            digest = hashlib.sha256(os.pread(memfd, key.size, 0)).hexdigest()
+        else:
+            with os.fdopen(os.dup(memfd), "rb") as copy:
+                copy.seek(0)
+                digest = hashlib.file_digest(copy, "sha256").hexdigest()
         if digest != expected:
             raise PolicyError(
                 errno.EPERM,

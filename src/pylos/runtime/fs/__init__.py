@@ -17,6 +17,7 @@ How a FUSE mount comes to be (`runtime/launcher.py` calls these, in this order):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable
@@ -150,9 +151,16 @@ def become_file_server(namespace_of: int | None, name: bytes | None = None) -> N
     namespace, giving up the host privileges of `pylos run`, and with `name` it is called
     that (its comm, as `ps` shows it)."""
     import ctypes
+    import resource
     import signal
 
     libc = ctypes.CDLL(None)
+    # A server holds descriptors for the program (verified copies, open encrypted files):
+    # all it may have.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     if name is not None:
         libc.prctl(15, name, 0, 0, 0)  # PR_SET_NAME

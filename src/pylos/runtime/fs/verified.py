@@ -25,7 +25,9 @@ a file the kernel has cached costs what a native open costs. Nothing here can ru
 not verified (or logged, under `allow_all_but_log`): the binds may be executable, and exec,
 `execveat` and `mmap(PROT_EXEC)` map pages that came from a verified copy.
 
-Memory: verified copies beyond `budget` bytes are dropped, least recently used first, and
+Memory: verified copies beyond `budget` bytes, or beyond `max_copies` (each is a descriptor:
+a program reading thousands of small trusted files, like Python's standard library, would
+otherwise run the server out of descriptors), are dropped, least recently used first, and
 verified again from the host when the kernel asks for their pages again; a file the host
 changed since fails that check (EIO and the hash line), so an evicted copy never turns into
 host bytes.
@@ -50,10 +52,16 @@ from pylos.runtime.fs.fuse import (
     Driver,
 )
 from pylos.runtime.namespaces import REFUSED, root_index
-from pylos.runtime.policy import PolicyError, TrustedFiles, verified_memfd
+from pylos.runtime.policy import (
+    COPY_BUDGET,
+    PolicyError,
+    TrustedFiles,
+    copies_allowed,
+    verified_memfd,
+)
 
 DAY = 86400.0
-DEFAULT_BUDGET = 512 << 20  # bytes of verified copies kept
+SPARE_DESCRIPTORS = 64  # of the server's open-files limit, for everything but copies
 MAX_LINKS = 40  # Linux's limit on symlinks followed in one resolution
 EXEC_BITS = 0o111
 INIT_PID = 1  # the enclave's init, in the mount's PID namespace: it builds the view
@@ -69,7 +77,7 @@ class VerifiedFs(Driver):
     def __init__(self, roots: list[str], trusted: TrustedFiles, expected: dict[str, str],
                  allowed: list[str], allow_all_but_log: bool,
                  view_path_of: Callable[[str], str], log: Callable[[str, str], None],
-                 budget: int = DEFAULT_BUDGET) -> None:
+                 budget: int = COPY_BUDGET, max_copies: int | None = None) -> None:
         self.roots = roots
         self.trusted = trusted
         self.expected = expected
@@ -78,6 +86,7 @@ class VerifiedFs(Driver):
         self.view_path_of = view_path_of
         self.log = log
         self.budget = budget
+        self.max_copies = copies_allowed(SPARE_DESCRIPTORS) if max_copies is None else max_copies
         self.copies: OrderedDict[str, int] = OrderedDict()  # host path -> sealed memfd
         self.held = 0  # bytes in `copies`
         self.attrs: dict[str, Attr] = {}  # what each verified file showed, kept after eviction
@@ -211,7 +220,8 @@ class VerifiedFs(Driver):
         self.digests[host] = expected
         self.copies[host] = memfd
         self.held += key.size
-        while self.held > self.budget and len(self.copies) > 1:
+        while (self.held > self.budget or len(self.copies) > self.max_copies) and len(
+                self.copies) > 1:
             old, old_fd = self.copies.popitem(last=False)
             os.close(old_fd)
             self.held -= self.attrs[old].size
