@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import subprocess
 from functools import cache
 
 from pylos.install import pkglibdir
@@ -67,6 +66,8 @@ def build() -> str | None:
     target = library_path()
     if os.path.exists(target):
         return target
+    import subprocess  # only to build: every encrypted mount's server imports this module
+
     os.makedirs(os.path.dirname(target), exist_ok=True)
     partial = f"{target}.{os.getpid()}.tmp"
     try:
