@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import marshal
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -63,12 +64,21 @@ def app_base(app: str) -> str:
 
 
 def _cache_key(digest: str, label: bytes = b"pylos parsed-manifest cache ") -> bytes:
-    """The MAC key of one manifest's parse cache, from the simulated platform's secret (what
-    a CPU keeps in fuses): the cache lives in a directory the host can write, and in SGX's
-    threat model nothing the host writes may decide what the enclave enforces."""
+    """The MAC key of one cache entry (a parsed manifest, a measurement...), from the
+    simulated platform's secret (what a CPU keeps in fuses): the caches live in a directory
+    the host can write, and in SGX's threat model nothing the host writes may decide what the
+    enclave enforces."""
+    from pylos.attest.platform import platform_dir
+
+    return hmac.digest(_platform_secret(str(platform_dir())), label + digest.encode(), "sha256")
+
+
+@cache
+def _platform_secret(root: str) -> bytes:
+    """The secret of the simulated platform in `root`, read once per process."""
     from pylos.attest.platform import SimulatedPlatform
 
-    return hmac.digest(SimulatedPlatform().secret, label + digest.encode(), "sha256")
+    return SimulatedPlatform(Path(root)).secret
 
 
 def _parse_cached(data: bytes, source: str, digest: str) -> Manifest:
