@@ -165,20 +165,15 @@ def _fsync_dir(path: str) -> None:
 
 
 def _write_nodes(fd: int, records: Sequence[tuple[int, bytes | memoryview]]) -> None:
-    """Write nodes in place, one pwritev per run of consecutive physical nodes (a node listed
+    """Write nodes in place, a run of consecutive physical nodes at a time (a node listed
     twice, as a Gramine recovery file may, is written in list order)."""
     records = sorted(records, key=lambda record: record[0])
     start = 0
     while start < len(records):
         end = start + 1
-        while (end < len(records) and end - start < _IOV_MAX
-               and records[end][0] == records[end - 1][0] + 1):
+        while end < len(records) and records[end][0] == records[end - 1][0] + 1:
             end += 1
-        offset = records[start][0] * NODE_SIZE
-        buffers = [node for _, node in records[start:end]]
-        written = os.pwritev(fd, buffers, offset)
-        if written != NODE_SIZE * len(buffers):  # short write: finish the rest plainly
-            _pwrite_all(fd, b"".join(buffers)[written:], offset + written)
+        _pwritev_all(fd, [node for _, node in records[start:end]], records[start][0] * NODE_SIZE)
         start = end
 
 
@@ -712,15 +707,15 @@ class ProtectedFile:
                 parent.plain[slot + KEY_SIZE:slot + SLOT_SIZE] = tags[i * MAC_SIZE:
                                                                       (i + 1) * MAC_SIZE]
                 records.append((node.physical, sealed[i * NODE_SIZE:(i + 1) * NODE_SIZE]))
-            dirty_data = []
-        for node in dirty_data:
-            key = keys[k:k + KEY_SIZE]
-            k += KEY_SIZE
-            ciphertext, mac = encrypt_node(key, node.plain)
-            parent = self._mht(node.number // DATA_SLOTS)
-            slot = data_slot(node.number)
-            parent.plain[slot:slot + SLOT_SIZE] = key + mac
-            records.append((node.physical, ciphertext))
+        else:
+            for node in dirty_data:
+                key = keys[k:k + KEY_SIZE]
+                k += KEY_SIZE
+                ciphertext, mac = encrypt_node(key, node.plain)
+                parent = self._mht(node.number // DATA_SLOTS)
+                slot = data_slot(node.number)
+                parent.plain[slot:slot + SLOT_SIZE] = key + mac
+                records.append((node.physical, ciphertext))
         for node in dirty_mht:  # children have higher numbers than their parents
             key = keys[k:k + KEY_SIZE]
             k += KEY_SIZE

@@ -18,6 +18,7 @@ import hashlib
 import os
 import resource
 import stat
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -84,14 +85,51 @@ class UnionRoot:
             os.close(found)
 
 
+class VerifiedCopies:
+    """Sealed verified copies (memfds) by key, least recently used first, bounded: beyond
+    `budget` bytes or `max_copies` descriptors (a program may read 100 000 distinct trusted
+    files), the oldest are closed, to be made and verified again when next needed."""
+
+    def __init__(self, budget: int, max_copies: int) -> None:
+        self._copies: OrderedDict[object, Verified] = OrderedDict()
+        self.held = 0  # bytes
+        self.budget, self.max_copies = budget, max_copies
+
+    def __len__(self) -> int:
+        return len(self._copies)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._copies
+
+    def get(self, key: object) -> Verified | None:
+        verified = self._copies.get(key)
+        if verified is not None:
+            self._copies.move_to_end(key)
+        return verified
+
+    def put(self, key: object, verified: Verified) -> None:
+        """Keep `verified` (the newest); close the oldest beyond the bounds."""
+        self._copies[key] = verified
+        self.held += verified.size
+        while (self.held > self.budget or len(self._copies) > self.max_copies) and len(
+                self._copies) > 1:
+            _, old = self._copies.popitem(last=False)
+            os.close(old.memfd)
+            self.held -= old.size
+
+    def close(self) -> None:
+        for verified in self._copies.values():
+            os.close(verified.memfd)
+        self._copies.clear()
+        self.held = 0
+
+
 class TrustedFiles:
     """Trusted host files by inode, and their verified, sealed in-memory copies.
 
-    Copies beyond `budget` bytes or `max_copies` descriptors are closed, least recently used
-    first (a program may open 100 000 distinct trusted files), and made again from the host,
-    and verified again, at the next open; a program's own descriptor of a closed copy keeps
-    its bytes (the copy's inode stays known as verified). A copy is used by the handler that
-    asked for it, before any other copy is asked for, so none is closed under its user.
+    The copies are bounded (`VerifiedCopies`); a program's own descriptor of a closed copy
+    keeps its bytes (the copy's inode stays known as verified). A copy is used by the handler
+    that asked for it, before any other copy is asked for, so none is closed under its user.
     """
 
     def __init__(self, expected: dict[str, str], log: Callable[[str, str], None],
@@ -106,10 +144,8 @@ class TrustedFiles:
         self._by_inode: dict[tuple[int, int], tuple[str, str]] | None = None
         self._log = log
         self.bytes_hashed = 0  # this run's, for the log
-        self._copies: dict[FileKey, Verified] = {}  # least recently used first
-        self._held = 0  # bytes in `_copies`
-        self._budget = budget
-        self._max_copies = copies_allowed(SPARE_DESCRIPTORS) if max_copies is None else max_copies
+        self.copies = VerifiedCopies(budget, copies_allowed(SPARE_DESCRIPTORS)
+                                     if max_copies is None else max_copies)
         self._known: dict[tuple[int, int], tuple[str, str]] = {}  # inode -> (host, sha256)
         # (device, inode) of the copies staged in the view for exec (runtime/staging.py):
         # verified bytes on a read-only private tmpfs.
@@ -190,9 +226,8 @@ class TrustedFiles:
                       st: os.stat_result | None = None) -> Verified:
         """A sealed memfd with the file's bytes, after checking them against `expected`."""
         key = FileKey.from_stat(st or os.fstat(fd))
-        cached = self._copies.pop(key, None)
+        cached = self.copies.get(key)
         if cached is not None:
-            self._copies[key] = cached  # now the most recently used
             return cached
         plain = self._decrypt(fd, host_path) if self._decrypt is not None else None
         if plain is not None:  # verified as plaintext, served as plaintext
@@ -209,15 +244,9 @@ class TrustedFiles:
         return self._remember(key, Verified(memfd, key.size))
 
     def _remember(self, key: FileKey, verified: Verified) -> Verified:
-        self._copies[key] = verified
-        self._held += verified.size
         copy = os.fstat(verified.memfd)
         self.copy_inodes.add((copy.st_dev, copy.st_ino))
-        while (self._held > self._budget or len(self._copies) > self._max_copies) and len(
-                self._copies) > 1:
-            old = self._copies.pop(next(iter(self._copies)))
-            os.close(old.memfd)
-            self._held -= old.size
+        self.copies.put(key, verified)
         return verified
 
     def _seal_plaintext(self, memfd: int, plain: bytes, host_path: str, expected: str,

@@ -39,7 +39,6 @@ import contextlib
 import errno
 import os
 import stat
-from collections import OrderedDict
 from collections.abc import Callable
 
 from pylos.hashing import FileKey
@@ -56,6 +55,8 @@ from pylos.runtime.policy import (
     COPY_BUDGET,
     PolicyError,
     TrustedFiles,
+    Verified,
+    VerifiedCopies,
     copies_allowed,
     verified_memfd,
 )
@@ -85,10 +86,8 @@ class VerifiedFs(Driver):
         self.allow_all_but_log = allow_all_but_log
         self.view_path_of = view_path_of
         self.log = log
-        self.budget = budget
-        self.max_copies = copies_allowed(SPARE_DESCRIPTORS) if max_copies is None else max_copies
-        self.copies: OrderedDict[str, int] = OrderedDict()  # host path -> sealed memfd
-        self.held = 0  # bytes in `copies`
+        self.copies = VerifiedCopies(budget, copies_allowed(SPARE_DESCRIPTORS)
+                                     if max_copies is None else max_copies)  # by host path
         self.attrs: dict[str, Attr] = {}  # what each verified file showed, kept after eviction
         self.digests: dict[str, str] = {}  # of each file verified once
         self.aliases: dict[str, str] = {}  # a link out of the roots -> the trusted file shown
@@ -192,10 +191,9 @@ class VerifiedFs(Driver):
     def _verify(self, host: str, expected: str, quiet: bool = False) -> int:
         """The sealed verified copy of trusted `host` (made, or re-made after eviction);
         `quiet`: a failure is not logged (init's lookups: the program's open says it)."""
-        memfd = self.copies.get(host)
-        if memfd is not None:
-            self.copies.move_to_end(host)
-            return memfd
+        cached = self.copies.get(host)
+        if cached is not None:
+            return cached.memfd
         try:
             fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -218,13 +216,7 @@ class VerifiedFs(Driver):
         self.log("debug", f"trusted file '{host}' verified ({key.size} bytes)")
         self.attrs.setdefault(host, _attr(st))
         self.digests[host] = expected
-        self.copies[host] = memfd
-        self.held += key.size
-        while (self.held > self.budget or len(self.copies) > self.max_copies) and len(
-                self.copies) > 1:
-            old, old_fd = self.copies.popitem(last=False)
-            os.close(old_fd)
-            self.held -= self.attrs[old].size
+        self.copies.put(host, Verified(memfd, key.size))
         return memfd
 
     def read_node(self, ctx: Context, path: str, offset: int, size: int) -> bytes:
@@ -268,9 +260,7 @@ class VerifiedFs(Driver):
         return (st.f_blocks, 0, 0, st.f_files, 0, st.f_bsize, st.f_namemax)
 
     def destroy(self) -> None:
-        for memfd in self.copies.values():
-            os.close(memfd)
-        self.copies.clear()
+        self.copies.close()
 
 
 def _entry_mode(entry: os.DirEntry) -> int:
