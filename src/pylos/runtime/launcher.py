@@ -52,6 +52,7 @@ from pylos.runtime.namespaces import (
     build_view,
     enter_user_namespace,
     join_user_namespace,
+    map_id_range,
 )
 from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
@@ -664,8 +665,12 @@ def _namespace_creator(config: EnclaveConfig, plan: ViewPlan, newroot: str,
     if not identity:
         from pylos.runtime.identity import UNAVAILABLE_ERRNOS
 
+        def map_range() -> bool:  # by the supervisor, still outside (`_receive_enclave`)
+            channel.send(marshal.dumps({"map_ids": True}))
+            return channel.recv(1) == b"1"
+
         try:
-            enter_user_namespace(config.uid, config.gid)
+            enter_user_namespace(config.uid, config.gid, map_range)
         except OSError as exc:
             if exc.errno not in UNAVAILABLE_ERRNOS:
                 raise
@@ -905,6 +910,9 @@ def _receive_enclave(config: EnclaveConfig, log: Log, channel: socket.socket, cr
         message, root_fds, _, _ = socket.recv_fds(
             channel, 65536, 1 + _union_fds(config) + len(config.fuse.mounts))
         view = marshal.loads(message) if message else {"error": "the enclave did not start"}
+        if view.get("map_ids") is True:  # the creator has its user namespace: map its ids
+            channel.send(b"1" if map_id_range(creator, config.uid, config.gid) else b"0")
+            continue
         if view.get("verified") is True:
             _serve_verified_view(config, log, root_fds[0], creator, channel)
             continue

@@ -80,27 +80,23 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
-def enter_user_namespace(inside_uid: int, inside_gid: int) -> None:
+def enter_user_namespace(inside_uid: int, inside_gid: int,
+                         map_range: Callable[[], bool] | None = None) -> None:
     """New user, mount, PID and UTS namespaces; the invoking user appears as (inside_uid,
     inside_gid).
 
     UTS: the enclave's root may call sethostname; without its own UTS namespace that would
     rename the host (the hostname belongs to the UTS namespace, not to /proc/sys).
+    Gramine lets root chown to any ids, switch ids and set groups. Where the host allows it
+    (pylos run by root), the enclave's other ids are a range of host ids no host user has;
+    otherwise only the invoking user's own id exists. Only a process with CAP_SETUID over
+    the parent namespace may map a range: `map_range` asks one that stays outside (the
+    supervisor: `map_id_range`) to map this process once it has unshared, and says whether
+    it did.
     """
     uid, gid = os.geteuid(), os.getegid()
-    # Gramine lets root chown to any ids, switch ids and set groups. Where the host allows it
-    # (pylos run by root), the enclave's other ids are a range of host ids no host user has;
-    # otherwise only the invoking user's own id exists. Only a process with CAP_SETUID over
-    # the parent namespace may map a range: a helper forked before unshare, still outside.
-    mapper = (_range_mapper(inside_uid, uid, inside_gid, gid)
-              if uid == 0 and _in_initial_user_namespace() else None)
-    try:
-        unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS)
-    except OSError:
-        if mapper is not None:
-            mapper.cancel()
-        raise
-    if mapper is not None and mapper.map():
+    unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS)
+    if map_range is not None and map_range():
         return
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")
@@ -108,22 +104,19 @@ def enter_user_namespace(inside_uid: int, inside_gid: int) -> None:
     _write_id_map("/proc/self/gid_map", f"{inside_gid} {gid} 1")
 
 
-class _RangeMapper(NamedTuple):
-    pid: int
-    go: int  # write end: one byte once the caller has its new user namespace
-    done: int  # read end: b"1" once both maps are written
-
-    def map(self) -> bool:
-        os.write(self.go, b"1")
-        return self.cancel()
-
-    def cancel(self) -> bool:
-        """Without the go byte, the helper writes nothing; True if it mapped."""
-        os.close(self.go)
-        mapped = os.read(self.done, 1) == b"1"
-        os.close(self.done)
-        os.waitpid(self.pid, 0)
-        return mapped
+def map_id_range(pid: int, inside_uid: int, inside_gid: int) -> bool:
+    """Map the new user namespace of process `pid` (which this process's user created): its
+    (inside_uid, inside_gid) are ours, its other ids a range no host user has; False, with
+    nothing written, where we may not (not root in the initial user namespace)."""
+    uid, gid = os.geteuid(), os.getegid()
+    if uid != 0 or not _in_initial_user_namespace():
+        return False
+    try:
+        _write_id_map(f"/proc/{pid}/uid_map", id_range_map(inside_uid, uid))
+        _write_id_map(f"/proc/{pid}/gid_map", id_range_map(inside_gid, gid))
+    except OSError:
+        return False  # the caller then maps its one id itself
+    return True
 
 
 def _in_initial_user_namespace() -> bool:
@@ -132,30 +125,6 @@ def _in_initial_user_namespace() -> bool:
             return f.read().split() == ["0", "0", "4294967295"]
     except OSError:
         return False
-
-
-def _range_mapper(inside_uid: int, uid: int, inside_gid: int, gid: int) -> _RangeMapper:
-    go_read, go_write = os.pipe()
-    done_read, done_write = os.pipe()
-    caller = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        mapped = b"0"
-        try:
-            os.close(go_write)
-            os.close(done_read)
-            if os.read(go_read, 1) == b"1":
-                _write_id_map(f"/proc/{caller}/uid_map", id_range_map(inside_uid, uid))
-                _write_id_map(f"/proc/{caller}/gid_map", id_range_map(inside_gid, gid))
-                mapped = b"1"
-        except OSError:
-            pass  # the caller maps its one id itself
-        finally:
-            os.write(done_write, mapped)
-            os._exit(0)
-    os.close(go_read)
-    os.close(done_write)
-    return _RangeMapper(pid, go_write, done_read)
 
 
 # The enclave's ids other than loader.uid/gid, inside 0..65535, are host ids ENCLAVE_IDS + id:
