@@ -50,3 +50,16 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> 
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listens on port {port} after {timeout} s")
+
+
+def read_protected(path: str | os.PathLike, bound: str, key: bytes) -> bytes:
+    """The plaintext of the protected file at `path` (bound to `bound`), opened as `pylos pf
+    decrypt` does: read-only, an interrupted flush replayed in memory."""
+    from pylos.pf import ProtectedFile
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with ProtectedFile.open(fd, key, bound, readonly=True) as pf:
+            return pf.read(0, pf.size)
+    finally:
+        os.close(fd)

@@ -14,6 +14,8 @@ from pylos.pf.file import ProtectedFile
 from pylos.pf.format import PfError
 from pylos.pf.native import node_cipher
 
+from support import read_protected
+
 NODE = 4096
 IV = bytes(12)
 
@@ -58,12 +60,7 @@ def _write(path: str, key: bytes, content: bytes) -> None:
 
 
 def _read(path: str, key: bytes) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with ProtectedFile.open(fd, key, path, readonly=True) as pf:
-            return pf.read(0, pf.size)
-    finally:
-        os.close(fd)
+    return read_protected(path, path, key)
 
 
 @pytest.mark.parametrize("writer_native", [True, False])

@@ -13,7 +13,7 @@ import pytest
 from pylos.pf import PfError
 
 from runtime_support import TEMPLATE, Enclave, shell_template
-from support import PYLOS
+from support import PYLOS, read_protected
 
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"
 KEY = bytes.fromhex(KEY_HEX)
@@ -45,14 +45,7 @@ def encrypted(make_enclave):
 
 
 def decrypt(path: Path, bound: str, key: bytes = KEY) -> bytes:
-    from pylos.pf import ProtectedFile
-
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with ProtectedFile.open(fd, key, bound, readonly=True) as pf:
-            return pf.read(0, pf.size)
-    finally:
-        os.close(fd)
+    return read_protected(path, bound, key)
 
 
 def pf_encrypt(root: Path, source: Path, output: str) -> None:

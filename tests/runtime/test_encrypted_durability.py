@@ -19,22 +19,12 @@ from pathlib import Path
 import pytest
 from test_encrypted import KEY, encrypted  # noqa: F401 (the fixture)
 
-from support import EXAMPLES, PYLOS
+from support import EXAMPLES, PYLOS, read_protected
 
 RECORD = 16
 ITERATIONS = 50
 
 
-def read_protected(path: Path, bound: str, key: bytes = KEY) -> bytes:
-    """Open as `pylos pf decrypt` does: read-only, an interrupted flush replayed in memory."""
-    from pylos.pf import ProtectedFile
-
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with ProtectedFile.open(fd, key, bound, readonly=True) as pf:
-            return pf.read(0, pf.size)
-    finally:
-        os.close(fd)
 
 
 def descendant_named(root: int, name: str) -> int | None:
@@ -80,14 +70,14 @@ def check_loop_files(enc: Path, synced: int, program_killed: bool) -> int:
     if "log" not in names:
         assert synced == 0
         return 0
-    log = read_protected(enc / "log", "enc/log")
+    log = read_protected(enc / "log", "enc/log", KEY)
     assert len(log) % RECORD == 0, "torn record"
     count = len(log) // RECORD
     expected = b"".join(b"rec %011d\n" % i for i in range(count))
     assert log == expected, "log is not a prefix of the records"
     assert count >= synced, f"fsync'd records lost: {count} < {synced}"
     if "state" in names:
-        state = read_protected(enc / "state", "enc/state")
+        state = read_protected(enc / "state", "enc/state", KEY)
         assert len(state) in (0, 4096, 8192)
         for page in range(0, len(state), 4096):
             chunk = state[page:page + 4096]
