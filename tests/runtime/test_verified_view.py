@@ -227,3 +227,21 @@ def test_the_supervisors_copies_stay_within_budget_and_descriptors(tmp_path: Pat
     finally:
         os.close(fd)
     assert trusted.bytes_hashed == 201 * 4096  # closed, so verified again
+
+
+def test_a_mount_inside_a_verified_directory_keeps_it_one_bind(make_enclave):
+    # /lib (the runtime directory, served by the verified view) with a mount inside it: the
+    # view shows the mount point, so /lib stays one bind and its unused trusted files are
+    # not verified at start (init used to bind, and so hash, each of them).
+    enclave = _shell_enclave(make_enclave)
+    enclave.render(extra="", log_level="debug", template=shell_template().replace(
+        '  { type = "tmpfs", path = "/tmp" },',
+        '  { type = "tmpfs", path = "/tmp" },\n  { path = "/lib/extra", uri = "file:data" },'
+    ).replace('  "file:app",\n', '  "file:app",\n' + READLINK))
+    result = enclave.run("-c", "cat /lib/extra/ok.txt; cat /proc/self/mountinfo")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("allowed content\n"), result.stderr
+    lib_mounts = [line.split()[4] for line in result.stdout.splitlines()[1:]
+                  if line.split()[4].startswith("/lib/")]
+    assert lib_mounts == ["/lib/extra"], result.stdout
+    assert "libnss_hesiod" not in result.stderr  # never used, so never verified

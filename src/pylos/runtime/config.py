@@ -76,12 +76,14 @@ class EnclaveConfig:
     # Set by the launcher when the view is the verified view (runtime/fs/verified.py): the
     # host paths it shows, and its server once running.
     verified_roots: list[str] | None
+    verified_mount_points: dict[str, bool]  # mount points it shows: name -> is a directory
     verified_view: VerifiedView | None
 
     def __init__(self, **fields: Any) -> None:
         self.mount_table, self.insecure, self.messages = [], [], []
         self.fuse = None  # type: ignore[assignment]
         self.decrypt_trusted = self.verified_roots = self.verified_view = None
+        self.verified_mount_points = {}
         names = EnclaveConfig.__annotations__
         unknown = sorted(fields.keys() - names.keys())
         missing = [name for name in names if name not in fields and not hasattr(self, name)]

@@ -53,6 +53,7 @@ from pylos.runtime.namespaces import (
     enter_user_namespace,
     join_user_namespace,
     map_id_range,
+    root_index,
 )
 from pylos.runtime.staging import Stager, StagingArea
 from pylos.runtime.supervisor import Log
@@ -290,10 +291,15 @@ def view_plan(config: EnclaveConfig, verified: bool = False) -> ViewPlan:
         synthesized["/etc/resolv.conf"] = host_resolv_conf()
     root_host = config.root.host if config.root.type in ("chroot", "union") else None
     roots = None
+    mount_points: dict[str, bool] = {}
     if verified:  # every read-only host path of the view comes from the verified view
         roots = [bind.host for _, bind in entries if isinstance(bind, Bind) and not bind.writable]
         if root_host is not None and not writable(root_host):
             roots.insert(0, root_host)
+        targets = [(path, isinstance(e, str) or os.path.isdir(e.host)) for path, e in entries]
+        targets += [(path, False) for path in [*synthesized, *devices]]
+        mount_points = verified_mount_points(targets, [e for _, e in entries], roots,
+                                             root_host if root_host in roots else None)
     return ViewPlan(
         root_host=root_host,
         root_writable=writable(config.root.host),
@@ -303,8 +309,51 @@ def view_plan(config: EnclaveConfig, verified: bool = False) -> ViewPlan:
         synthesized=synthesized,
         devices=devices,
         verified_roots=roots,
+        verified_mount_points=mount_points,
         exec_allowed=verified and config.allow_all_but_log,
     )
+
+
+def verified_mount_points(targets: list[tuple[str, bool]], entries: list[Bind | str],
+                          roots: list[str], root_host: str | None) -> dict[str, bool]:
+    """The mount points the verified view must show inside the directories it serves, by
+    their names in the view ("1/x86_64-linux-gnu": is a directory): `targets` are the view's
+    mount points (path, is a directory), `entries` its mounts in order, `root_host` the root's
+    directory when the view serves it (its entries are bound one by one).
+
+    A mount point missing from a host directory would make init replace the bind of the
+    whole directory by a tmpfs of per-entry binds (`ViewBuilder.explode`), and verify every
+    trusted file in it as it binds it: Gramine's `/lib` with `/lib/x86_64-linux-gnu` inside
+    hashed all of the runtime directory at every start. Shown by the view, the directory
+    stays one bind, and its files are verified when the program first uses them."""
+    served = {e.path: e.host for e in entries
+              if isinstance(e, Bind) and not e.writable and os.path.isdir(e.host)}
+    others = {e if isinstance(e, str) else e.path for e in entries} - served.keys()
+    points: dict[str, bool] = {}
+    for path, is_dir in targets:
+        owner = max((p for p in [*served, *others, "/"] if p != path and (
+            p == "/" or path.startswith(p.rstrip("/") + "/"))), key=len, default=None)
+        if owner is None:
+            continue
+        parts = path[len(owner.rstrip("/")):].strip("/").split("/")
+        if owner in served:
+            base = served[owner]
+        elif owner == "/" and root_host is not None and len(parts) > 1 and os.path.isdir(
+                os.path.join(root_host, parts[0])) and not os.path.islink(
+                os.path.join(root_host, parts[0])):
+            base, parts = os.path.join(root_host, parts[0]), parts[1:]  # a root entry's bind
+        else:
+            continue  # made in a tmpfs, or in a host bind (which init replaces as before)
+        for index, part in enumerate(parts):
+            base = os.path.join(base, part)
+            if os.path.lexists(base):
+                if os.path.isdir(base) and not os.path.islink(base):
+                    continue
+                break  # something else is in the way: init says so, as before
+            name = root_index(roots, base)
+            if name is not None:
+                points[name] = is_dir or index < len(parts) - 1
+    return points
 
 
 def _stat_or_none(path: str) -> int:
@@ -744,6 +793,7 @@ def run(app: str, host_args: list[str],
     _create_allowed_directories(config, log)
     plan = view_plan(config, verified)
     config.verified_roots = plan.verified_roots
+    config.verified_mount_points = plan.verified_mount_points
     if "pylos" in loaded.manifest.data:  # RA-TLS files, provisioned secrets: before the start
         from pylos.attest.prestart import prepare_enclave
 
@@ -953,7 +1003,8 @@ def _serve_verified_view(config: EnclaveConfig, log: Log, fd: int, creator: int,
 
     def driver() -> VerifiedFs:
         return VerifiedFs(roots, TrustedFiles(config.trusted, log), config.trusted,
-                          config.allowed, config.allow_all_but_log, config.view_path_of, log)
+                          config.allowed, config.allow_all_but_log, config.view_path_of, log,
+                          mount_points=config.verified_mount_points)
 
     config.verified_view = VerifiedView()
     config.verified_view.start(fd, creator, driver, log, close=[channel.fileno()])

@@ -198,7 +198,8 @@ class ViewPlan:
                  binds: list[Bind | str] | None = None, loader_search: list[str] | None = None,
                  synthesized: dict[str, bytes] | None = None,
                  devices: dict[str, str] | None = None, verified_roots: list[str] | None = None,
-                 exec_allowed: bool = False) -> None:
+                 exec_allowed: bool = False,
+                 verified_mount_points: dict[str, bool] | None = None) -> None:
         self.root_host = root_host
         self.root_writable = root_writable
         self.root_union = root_union  # root_host below, a layer in enclave memory above
@@ -209,6 +210,8 @@ class ViewPlan:
         # The verified view (runtime/fs/verified.py): the host paths it shows, which every
         # read-only bind comes from (None: host binds, noexec, every open trapped).
         self.verified_roots = verified_roots
+        # ...and the mount points it shows in them (launcher.verified_mount_points)
+        self.verified_mount_points = verified_mount_points or {}
         self.exec_allowed = exec_allowed  # allow_all_but_log: allowed files may run (Gramine)
 
 

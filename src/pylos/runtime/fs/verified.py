@@ -78,7 +78,8 @@ class VerifiedFs(Driver):
     def __init__(self, roots: list[str], trusted: TrustedFiles, expected: dict[str, str],
                  allowed: list[str], allow_all_but_log: bool,
                  view_path_of: Callable[[str], str], log: Callable[[str, str], None],
-                 budget: int = COPY_BUDGET, max_copies: int | None = None) -> None:
+                 budget: int = COPY_BUDGET, max_copies: int | None = None,
+                 mount_points: dict[str, bool] | None = None) -> None:
         self.roots = roots
         self.trusted = trusted
         self.expected = expected
@@ -86,6 +87,9 @@ class VerifiedFs(Driver):
         self.allow_all_but_log = allow_all_but_log
         self.view_path_of = view_path_of
         self.log = log
+        # Mount points shown where the host has nothing (launcher.verified_mount_points):
+        # name -> is a directory. Empty and read-only; what is mounted there covers them.
+        self.mount_points = mount_points or {}
         self.copies = VerifiedCopies(budget, copies_allowed(SPARE_DESCRIPTORS)
                                      if max_copies is None else max_copies)  # by host path
         self.attrs: dict[str, Attr] = {}  # what each verified file showed, kept after eviction
@@ -119,6 +123,9 @@ class VerifiedFs(Driver):
             return Attr(stat.S_IFDIR | 0o555, nlink=2)
         if path.startswith(REFUSED + "/"):
             return self._refused(path[len(REFUSED) + 1:].replace("%2F", "/").replace("%25", "%"))
+        point = self.mount_points.get(path)
+        if point is not None:
+            return Attr(stat.S_IFDIR | 0o555, nlink=2) if point else Attr(stat.S_IFREG | 0o444)
         host = self.aliases.get(path) or self._host(path)
         known = self.attrs.get(host)
         if known is not None:
@@ -220,6 +227,8 @@ class VerifiedFs(Driver):
         return memfd
 
     def read_node(self, ctx: Context, path: str, offset: int, size: int) -> bytes:
+        if path in self.mount_points:
+            return b""
         host = self.aliases.get(path) or self._host(path)
         if host in self.digests:
             return os.pread(self._verify(host, self.digests[host]), size, offset)
@@ -249,8 +258,19 @@ class VerifiedFs(Driver):
             return [(str(i), stat.S_IFDIR) for i in range(len(self.roots))]
         if path == REFUSED:
             return []
-        with os.scandir(self._host(path)) as entries:
-            return [(e.name, _entry_mode(e)) for e in entries]
+        try:
+            with os.scandir(self._host(path)) as entries:
+                listed = [(e.name, _entry_mode(e)) for e in entries]
+        except FileNotFoundError:
+            if path not in self.mount_points:
+                raise
+            listed = []
+        names = {name for name, _ in listed}
+        for point, is_dir in self.mount_points.items():
+            parent, _, name = point.rpartition("/")
+            if parent == path and name not in names:
+                listed.append((name, stat.S_IFDIR if is_dir else stat.S_IFREG))
+        return listed
 
     def readlink(self, ctx: Context, path: str) -> bytes:
         return os.readlink(os.fsencode(self._host(path)))
