@@ -227,3 +227,22 @@ def test_threads_share_one_file(tmp_path: Path) -> None:
             assert check.read(0, 400000) == b"".join(regions)
     finally:
         os.close(fd)
+
+
+def test_read_buffers_are_the_read_across_cached_and_streamed_nodes(
+        big_file: tuple[Path, bytes]) -> None:
+    """A FUSE server writes `read_buffers` out as they are: a read that mixes the metadata
+    node's bytes, cached nodes, a streamed run and an MHT boundary gives the same bytes."""
+    path, plain = big_file
+    fd = open_rw(path)
+    try:
+        pf = ProtectedFile.open(fd, wrap_key(), "big")
+        assert pf.read(3072 + 40 * NODE + 5, 3) == plain[3072 + 40 * NODE + 5:][:3]  # cached
+        for offset, length in ((1000, 300 * NODE), (3072 + 90 * NODE - 7, 20 * NODE),
+                               (BIG - 50 * NODE, 60 * NODE), (BIG, 10)):
+            buffers = pf.read_buffers(offset, length)
+            assert b"".join(buffers) == plain[offset:offset + length]
+            assert b"".join(buffers) == pf.read(offset, length)
+        assert pf.read_buffers(BIG + 1, 5) == []
+    finally:
+        os.close(fd)

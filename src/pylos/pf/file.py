@@ -378,6 +378,12 @@ class ProtectedFile:
         self.close()
 
     def read(self, offset: int, length: int) -> bytes:
+        return b"".join(self.read_buffers(offset, length))
+
+    def read_buffers(self, offset: int, length: int) -> list[bytes | memoryview]:
+        """`read` as the buffers that make it up, not joined into one (a FUSE server writes
+        them out with one writev): views of decrypted nodes, valid until the next call on
+        this file."""
         with self._lock:
             self._check_usable()
             size = self._md.size
@@ -385,7 +391,7 @@ class ProtectedFile:
                 raise PylosError(f"bad read range: offset {offset}, length {length}")
             end = min(size, offset + length)
             if offset >= end:
-                return b""
+                return []
             parts: list[bytes | memoryview] = []
             pos = offset
             if pos < MD_USER_DATA_SIZE:
@@ -413,7 +419,7 @@ class ProtectedFile:
                         d += 1
                     pos += n
                 self._trim()
-            return b"".join(parts)
+            return parts
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         """Write `data` at `offset`; a gap past the end of the file reads as zeros."""
@@ -569,15 +575,18 @@ class ProtectedFile:
         cache, a run of `STREAM_RUN` or more only for this read, returned as {first node:
         (last node, plaintext)}."""
         streamed: dict[int, tuple[int, bytearray]] = {}
+        cache = self._cache
         d = first
         last = min(last, self._disk_data - 1)
         while d <= last:
-            if data_node_physical(d) in self._cache:
+            # within a run (one MHT node's children) physical numbers are consecutive too
+            physical = data_node_physical(d)
+            if physical in cache:
                 d += 1
                 continue
             run_end = min(last, d - d % DATA_SLOTS + DATA_SLOTS - 1)
             e = d
-            while e < run_end and data_node_physical(e + 1) not in self._cache:
+            while e < run_end and physical + e + 1 - d not in cache:
                 e += 1
             if self._overlay is None:
                 plain = self._decrypt_run(d, e)

@@ -284,10 +284,10 @@ class EncryptedFs(Driver):
             os.unlink(temp)
         _fsync_dir(os.path.dirname(host))
 
-    def read(self, ctx: Context, fh: int, offset: int, size: int) -> bytes:
+    def read(self, ctx: Context, fh: int, offset: int, size: int) -> list[bytes | memoryview]:
         opened = self._by_handle(fh)
         try:
-            return opened.pf.read(offset, size)
+            return opened.pf.read_buffers(offset, size)
         except PfError as exc:
             self.log("error", f"encrypted file read failed ({exc.check}): {exc}")
             raise OSError(errno.EIO, str(exc)) from None

@@ -131,7 +131,9 @@ class Driver:
     def create(self, ctx: Context, path: str, flags: int, mode: int) -> tuple[int, int]:
         raise OSError(errno.EACCES, "create")
 
-    def read(self, ctx: Context, fh: int, offset: int, size: int) -> bytes:
+    def read(self, ctx: Context, fh: int, offset: int, size: int
+             ) -> bytes | list[bytes | memoryview]:
+        """The bytes, or the buffers that make them up (written out with one writev)."""
         raise OSError(errno.EBADF, "read")
 
     def read_node(self, ctx: Context, path: str, offset: int, size: int) -> bytes:
@@ -185,6 +187,10 @@ class Driver:
         """The mount is gone (or the enclave ended): release everything, flushing."""
 
 
+# What a request handler answers: the reply's bytes, or the buffers that make it up.
+Reply = bytes | list[bytes | memoryview]
+
+
 def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
@@ -209,7 +215,7 @@ class FuseServer:
         self.lock = threading.Lock()  # held per request: the driver is single-threaded
         self.thread: threading.Thread | None = None
         self.timeout = driver.attr_timeout
-        self.handlers: dict[int, Callable[[Context, int, memoryview], bytes | None]] = {
+        self.handlers: dict[int, Callable[[Context, int, memoryview], Reply | None]] = {
             INIT: self._init, LOOKUP: self._lookup, FORGET: self._forget,
             BATCH_FORGET: self._batch_forget, GETATTR: self._getattr, SETATTR: self._setattr,
             OPEN: self._open, CREATE: self._create, READ: self._read, WRITE: self._write,
@@ -253,7 +259,7 @@ class FuseServer:
         _, opcode, unique, nodeid, uid, gid, pid, _, _ = IN_HEADER.unpack_from(request)
         ctx = Context(uid, gid, pid)
         handler = self.handlers.get(opcode)
-        error, reply = 0, b""
+        error, reply = 0, []
         if handler is None:
             error = errno.ENOSYS
         else:
@@ -262,16 +268,16 @@ class FuseServer:
                     result = handler(ctx, nodeid, request[IN_HEADER.size:])
                 if result is None:
                     return  # FORGET, INTERRUPT: no reply
-                reply = result
+                reply = result if isinstance(result, list) else [result]
             except OSError as exc:
                 error = exc.errno or errno.EIO
             except Exception as exc:  # a driver bug must not stop the file system
                 self.log("error", f"internal error in {self.name} (FUSE opcode {opcode}): "
                          f"{exc!r}")
                 error = errno.EIO
-        header = OUT_HEADER.pack(OUT_HEADER.size + len(reply), -error, unique)
+        header = OUT_HEADER.pack(OUT_HEADER.size + sum(map(len, reply)), -error, unique)
         try:
-            os.writev(self.fd, [header, reply] if reply else [header])
+            os.writev(self.fd, [header, *reply])
         except OSError as exc:
             if exc.errno != errno.ENOENT:  # ENOENT: the caller was interrupted meanwhile
                 raise
@@ -416,7 +422,7 @@ class FuseServer:
         self.open_handles.setdefault(self.nodes[path], set()).add(fh)
         return entry + OPEN_OUT.pack(fh, open_flags, 0)
 
-    def _read(self, ctx: Context, nodeid: int, args: memoryview) -> bytes:
+    def _read(self, ctx: Context, nodeid: int, args: memoryview) -> Reply:
         fh, offset, size, _ = READ_IN.unpack_from(args)
         if self.driver.no_open:
             return self.driver.read_node(ctx, self._path(nodeid), offset, size)
