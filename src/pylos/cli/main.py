@@ -7,8 +7,20 @@ goes through the click application in `pylos.cli.app`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from typing import NoReturn
+
+
+def exit_now(status: int) -> NoReturn:
+    """End the process once a run is over, without the interpreter's teardown: collecting
+    and freeing every module's objects took ~12 ms of each `pylos run` here, and nothing of
+    pylos's is left to do then but flush standard output and error."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or broken: nobody to tell
+            stream.flush()
+    os._exit(status)
 
 
 def main() -> None:
@@ -26,11 +38,11 @@ def main() -> None:
             if os.path.isfile("Occlum.json"):  # in a workspace: APP is a path in the image
                 from pylos.workspace.launch import run_in_workspace
 
-                sys.exit(run_in_workspace(app, args, options=options))
-            sys.exit(run(app, args, options=options))
+                exit_now(run_in_workspace(app, args, options=options))
+            exit_now(run(app, args, options=options))
         except PylosError as exc:
             print(f"ERROR: {exc}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+            exit_now(exc.exit_code)
     if (len(sys.argv) > 2 and sys.argv[1] == "exec" and not sys.argv[2].startswith("-")
             and os.path.isfile("Occlum.json")):
         # `pylos exec` in a workspace is the server mode's hot path: no CLI framework either.
@@ -40,10 +52,10 @@ def main() -> None:
         from pylos.workspace.launch import exec_in_server
 
         try:
-            sys.exit(exec_in_server(Path.cwd(), sys.argv[2], sys.argv[3:]))
+            exit_now(exec_in_server(Path.cwd(), sys.argv[2], sys.argv[3:]))
         except PylosError as exc:
             print(f"ERROR: {exc}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+            exit_now(exc.exit_code)
     from pylos.cli.app import cli
 
     cli(prog_name="pylos")
