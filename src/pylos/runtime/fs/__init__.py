@@ -288,15 +288,10 @@ class FuseSetup:
                                      spec.mount.key_name, self.keys,
                                      spec.mount.enable_recovery, log, spec.path)
             else:
-                identity = None
-                if self.report_body is not None:
-                    from pylos.sgx.structs import ReportBody
-
-                    identity = ReportBody.unpack(self.report_body)
-                attestation = AttestationFs(self.keys, identity, self.attestation_type,
-                                            log, self.uid, self.gid)
+                attestation = AttestationFs(self.keys, self.report_body,
+                                            self.attestation_type, log, self.uid, self.gid)
                 attestation.root_fd = root_fd
-                if identity is None:
+                if self.report_body is None:
                     log("warning", f"{ATTESTATION_PATH}: development mode (unsigned manifest): "
                         "only keys/ exists; sign the manifest for report and quote")
                 driver = attestation

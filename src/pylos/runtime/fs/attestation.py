@@ -49,11 +49,13 @@ class Handle(NamedTuple):
 class AttestationFs(Driver):
     attr_timeout = 0.0  # contents and the key list change: always ask
 
-    def __init__(self, keys: KeyStore, identity: ReportBody | None, attestation_type: str,
+    def __init__(self, keys: KeyStore, report_body: bytes | None, attestation_type: str,
                  log: Callable[[str, str], None], uid: int, gid: int,
                  platform: object | None = None) -> None:
+        """`report_body`: the enclave's identity, packed (None: development mode)."""
         self.keys = keys
-        self.identity = identity
+        self.report_body = report_body
+        self._identity: ReportBody | None = None
         self.attestation_type = attestation_type
         self.log = log
         self.uid, self.gid = uid, gid
@@ -63,12 +65,23 @@ class AttestationFs(Driver):
         self.handles: dict[int, Handle] = {}
         self.next_handle = 1
         files = {"keys": DIR_MODE}
-        if identity is not None:
+        if report_body is not None:
             files.update(attestation_type=READ_ONLY, user_report_data=READ_WRITE,
                          target_info=READ_WRITE, my_target_info=READ_ONLY, report=READ_ONLY)
             if attestation_type == "dcap":
                 files["quote"] = READ_ONLY
         self.files = files
+
+    @property
+    def identity(self) -> ReportBody:
+        """The enclave's identity, unpacked when a report is first asked for: importing the
+        SGX structures costs ~15 ms, and most enclaves never ask."""
+        if self._identity is None:
+            from pylos.sgx.structs import ReportBody
+
+            assert self.report_body is not None
+            self._identity = ReportBody.unpack(self.report_body)
+        return self._identity
 
     # --- per process ----------------------------------------------------------------------
 
@@ -185,7 +198,6 @@ class AttestationFs(Driver):
         if path == "my_target_info":
             from pylos.sgx.structs import TargetInfo
 
-            assert self.identity is not None
             return TargetInfo.of(self.identity).pack()
         if path in ("report", "quote"):
             # Generated when reading starts; later chunks of the same read come from it.
@@ -197,7 +209,6 @@ class AttestationFs(Driver):
     def _generate(self, what: str, state: ProcessState) -> bytes:
         from pylos.attest.platform import SimulatedPlatform
 
-        assert self.identity is not None
         if self.platform is None:
             self.platform = SimulatedPlatform()
         try:
