@@ -705,17 +705,26 @@ class ProtectedFile:
         k = 0
         cipher = node_cipher()
         if cipher is not None and dirty_data:  # every data node in one call (pylos.pf.native)
-            k = KEY_SIZE * len(dirty_data)
-            ciphertexts, tags = cipher.encrypt(b"".join(node.plain for node in dirty_data),
-                                               keys[:k], len(dirty_data))
+            # by number: a run of siblings gets its slots in one assignment
+            dirty_data.sort(key=lambda node: node.number)
+            count = len(dirty_data)
+            k = KEY_SIZE * count
+            ciphertexts, slots = cipher.encrypt(b"".join(node.plain for node in dirty_data),
+                                                keys[:k], count)
+            i = 0
+            while i < count:
+                first = dirty_data[i].number
+                j = i + 1
+                stop = min(count, i + DATA_SLOTS - first % DATA_SLOTS)  # siblings only
+                while j < stop and dirty_data[j].number == first + j - i:
+                    j += 1
+                start = data_slot(first)
+                self._mht(first // DATA_SLOTS).plain[start:start + (j - i) * SLOT_SIZE] = (
+                    slots[i * SLOT_SIZE:j * SLOT_SIZE])
+                i = j
             sealed = memoryview(ciphertexts)
-            for i, node in enumerate(dirty_data):
-                parent = self._mht(node.number // DATA_SLOTS)
-                slot = data_slot(node.number)
-                parent.plain[slot:slot + KEY_SIZE] = keys[i * KEY_SIZE:(i + 1) * KEY_SIZE]
-                parent.plain[slot + KEY_SIZE:slot + SLOT_SIZE] = tags[i * MAC_SIZE:
-                                                                      (i + 1) * MAC_SIZE]
-                records.append((node.physical, sealed[i * NODE_SIZE:(i + 1) * NODE_SIZE]))
+            records.extend((node.physical, sealed[i * NODE_SIZE:(i + 1) * NODE_SIZE])
+                           for i, node in enumerate(dirty_data))
         else:
             for node in dirty_data:
                 key = keys[k:k + KEY_SIZE]

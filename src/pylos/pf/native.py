@@ -45,14 +45,15 @@ class NodeCipher:
         return plaintext, bad
 
     def encrypt(self, plaintext: bytes, keys: bytes, count: int) -> tuple[bytearray, bytes]:
-        """(ciphertexts, tags) of `count` consecutive nodes, node i under keys[i]."""
+        """(ciphertexts, slots) of `count` consecutive nodes, node i under keys[i]; slot i
+        is keys[i] and node i's tag, as its parent stores them."""
         ciphertext = bytearray(count * NODE_SIZE)
-        tags = ctypes.create_string_buffer(count * MAC_SIZE)
+        slots = ctypes.create_string_buffer(count * (KEY_SIZE + MAC_SIZE))
         target = (ctypes.c_char * len(ciphertext)).from_buffer(ciphertext)
         assert len(plaintext) == count * NODE_SIZE and len(keys) >= count * KEY_SIZE
-        if self._encrypt(plaintext, target, keys, tags, ctypes.c_long(count)) != 0:
+        if self._encrypt(plaintext, target, keys, slots, ctypes.c_long(count)) != 0:
             raise OSError("OpenSSL's AES-GCM failed")
-        return ciphertext, tags.raw
+        return ciphertext, slots.raw
 
 
 def library_path() -> str:

@@ -44,10 +44,11 @@ long pf_decrypt_nodes(const unsigned char *ciphertext, unsigned char *plaintext,
     return result;
 }
 
-/* Encrypt `count` nodes: plaintext[i] under keys[i] into ciphertext[i], its tag into
- * tags[i]. Returns 0, or -2 when OpenSSL failed. */
+/* Encrypt `count` nodes: plaintext[i] under keys[i] into ciphertext[i]; slots[i] gets
+ * keys[i] and the tag, as the parent's slot holds them. Returns 0, or -2 when OpenSSL
+ * failed. */
 long pf_encrypt_nodes(const unsigned char *plaintext, unsigned char *ciphertext,
-                      const unsigned char *keys, unsigned char *tags, long count)
+                      const unsigned char *keys, unsigned char *slots, long count)
 {
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     long result = 0;
@@ -59,8 +60,11 @@ long pf_encrypt_nodes(const unsigned char *plaintext, unsigned char *ciphertext,
             || !EVP_EncryptUpdate(ctx, ciphertext + i * NODE_SIZE, &length,
                                   plaintext + i * NODE_SIZE, NODE_SIZE)
             || !EVP_EncryptFinal_ex(ctx, ciphertext + i * NODE_SIZE + length, &length)
-            || !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, MAC_SIZE, tags + i * MAC_SIZE))
+            || !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, MAC_SIZE,
+                                    slots + i * (KEY_SIZE + MAC_SIZE) + KEY_SIZE))
             result = -2;
+        for (int b = 0; b < KEY_SIZE; b++)
+            slots[i * (KEY_SIZE + MAC_SIZE) + b] = keys[i * KEY_SIZE + b];
     }
     EVP_CIPHER_CTX_free(ctx);
     return result;
