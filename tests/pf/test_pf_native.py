@@ -34,19 +34,34 @@ def test_helper_encrypts_each_node_as_cryptography_does():
         assert slots[32 * i:32 * (i + 1)] == keys[16 * i:16 * (i + 1)] + expected[-16:]
 
 
-def test_helper_decrypts_and_names_the_first_tampered_node():
+def test_helper_reads_decrypts_and_names_the_first_tampered_node(tmp_path):
     count = 40
     keys, plain = os.urandom(16 * count), os.urandom(NODE * count)
     sealed, slots = cipher.encrypt(plain, keys, count)
-    decrypted, bad = cipher.decrypt(sealed, slots, count)
-    assert bad == -1 and bytes(decrypted) == plain
+    host = tmp_path / "nodes"
+    host.write_bytes(NODE * b"x" + sealed)  # the run starts at the second node
+    fd = os.open(host, os.O_RDONLY)
+    try:
+        decrypted, bad = cipher.read(fd, NODE, slots, count)
+        assert bad == -1 and bytes(decrypted) == plain
+        wrong_tag = bytearray(slots)
+        wrong_tag[32 * 3 + 20] ^= 1  # node 3's tag
+        assert cipher.read(fd, NODE, bytes(wrong_tag), count)[1] == 3
+        with pytest.raises(EOFError) as short:  # a run past the end: the bytes there
+            cipher.read(fd, 2 * NODE, slots, count)
+        assert short.value.args[0] == (count - 1) * NODE
+    finally:
+        os.close(fd)
     sealed[NODE * 17 + 5] ^= 1
     sealed[NODE * 30] ^= 1
-    assert cipher.decrypt(sealed, slots, count)[1] == 17
-    wrong_tag = bytearray(slots)
-    wrong_tag[32 * 3 + 20] ^= 1  # node 3's tag
-    sealed[NODE * 17 + 5] ^= 1
-    assert cipher.decrypt(sealed, bytes(wrong_tag), count)[1] == 3
+    host.write_bytes(NODE * b"x" + sealed)
+    fd = os.open(host, os.O_RDONLY)
+    try:
+        assert cipher.read(fd, NODE, slots, count)[1] == 17
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):  # not a readable descriptor
+        cipher.read(fd, NODE, slots, count)
 
 
 def _write(path: str, key: bytes, content: bytes) -> None:

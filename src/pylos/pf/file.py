@@ -605,18 +605,20 @@ class ProtectedFile:
         parent = self._mht(first // DATA_SLOTS).plain
         count = last - first + 1
         phys = data_node_physical(first)
-        view = memoryview(bytearray(count * NODE_SIZE + MAC_SIZE))
-        got = os.preadv(self._fd, [view[:count * NODE_SIZE]], phys * NODE_SIZE)
         self.node_reads += count
-        if got != count * NODE_SIZE:
-            raise PfError(f"{self._what()}: node {phys + got // NODE_SIZE} is missing (the host "
-                          "file was truncated)", "size")
         cipher = node_cipher()
-        if cipher is not None:  # the whole run in one call (pylos.pf.native)
+        if cipher is not None:  # the run read and decrypted in one call (pylos.pf.native)
             start = data_slot(first)
-            plain, bad = cipher.decrypt(view, bytes(parent[start:start + count * SLOT_SIZE]),
-                                        count)
+            try:
+                plain, bad = cipher.read(self._fd, phys * NODE_SIZE,
+                                         bytes(parent[start:start + count * SLOT_SIZE]), count)
+            except EOFError as short:
+                raise self._missing(phys, short.args[0]) from None
         else:
+            view = memoryview(bytearray(count * NODE_SIZE + MAC_SIZE))
+            got = os.preadv(self._fd, [view[:count * NODE_SIZE]], phys * NODE_SIZE)
+            if got != count * NODE_SIZE:
+                raise self._missing(phys, got)
             plain, bad = bytearray(count * NODE_SIZE), -1
             into = memoryview(plain)
             # backwards, so each tag can follow its ciphertext over the next (done) node's start
@@ -636,6 +638,10 @@ class ProtectedFile:
                           "mismatch (the file was modified or corrupted)",
                           f"node {phys + bad} MAC")
         return plain
+
+    def _missing(self, phys: int, got: int) -> PfError:
+        return PfError(f"{self._what()}: node {phys + got // NODE_SIZE} is missing (the host "
+                       "file was truncated)", "size")
 
     def _mark_dirty(self, node: _Node) -> None:
         if node.dirty:

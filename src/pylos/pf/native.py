@@ -27,19 +27,24 @@ class NodeCipher:
     """The loaded helper."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
-        self._decrypt = library.pf_decrypt_nodes
         self._encrypt = library.pf_encrypt_nodes
-        for function in (self._decrypt, self._encrypt):
+        self._read = library.pf_read_nodes
+        for function in (self._encrypt, self._read):
             function.restype = ctypes.c_long
 
-    def decrypt(self, ciphertext: bytearray | memoryview, slots: bytes, count: int
-                ) -> tuple[bytearray, int]:
-        """(plaintext of `count` consecutive nodes, -1 or the index of the first node whose
-        tag does not match); `slots` holds each node's key and tag."""
+    def read(self, fd: int, offset: int, slots: bytes, count: int) -> tuple[bytearray, int]:
+        """(plaintext of the `count` consecutive nodes at `offset` of `fd`, -1 or the index of
+        the first node whose tag does not match, as `slots` hold each node's key and tag);
+        a short read raises EOFError(bytes read), a failed one OSError."""
         plaintext = bytearray(count * NODE_SIZE)
-        source = (ctypes.c_char * (count * NODE_SIZE)).from_buffer(ciphertext)
         target = (ctypes.c_char * len(plaintext)).from_buffer(plaintext)
-        bad = self._decrypt(source, target, slots, ctypes.c_long(count))
+        got = ctypes.c_long()
+        bad = self._read(fd, ctypes.c_longlong(offset), target, slots, ctypes.c_long(count),
+                         ctypes.byref(got))
+        if got.value < 0:
+            raise OSError(-got.value, os.strerror(-got.value))
+        if got.value != len(plaintext):
+            raise EOFError(got.value)
         if bad == OPENSSL_FAILED:
             raise OSError("OpenSSL's AES-GCM failed")
         return plaintext, bad

@@ -8,7 +8,9 @@
  *
  * Built by pylos.pf.native into the installation's library directory; loaded with ctypes.
  */
+#include <errno.h>
 #include <openssl/evp.h>
+#include <unistd.h>
 
 #define NODE_SIZE 4096
 #define KEY_SIZE 16
@@ -19,7 +21,7 @@ static const unsigned char zero_iv[12];
 /* Decrypt `count` nodes: ciphertext[i] with slots[i] = key || tag into plaintext[i].
  * Returns -1 when every tag matched, else the index of the first node whose tag did not
  * (its plaintext and those after it are unspecified), or -2 when OpenSSL failed. */
-long pf_decrypt_nodes(const unsigned char *ciphertext, unsigned char *plaintext,
+static long pf_decrypt_nodes(const unsigned char *ciphertext, unsigned char *plaintext,
                       const unsigned char *slots, long count)
 {
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
@@ -42,6 +44,30 @@ long pf_decrypt_nodes(const unsigned char *ciphertext, unsigned char *plaintext,
     }
     EVP_CIPHER_CTX_free(ctx);
     return result;
+}
+
+/* Read `count` nodes at `offset` of `fd` into `buffer` and decrypt them there (a run's
+ * read and cipher in one call from Python: no ciphertext buffer, one transition). *got is
+ * the bytes read, or -errno. Returns what pf_decrypt_nodes does, or -3 when the read came
+ * short or failed (nothing decrypted). */
+long pf_read_nodes(int fd, long long offset, unsigned char *buffer, const unsigned char *slots,
+                   long count, long *got)
+{
+    long want = count * NODE_SIZE, done = 0;
+    while (done < want) {
+        ssize_t n = pread(fd, buffer + done, want - done, offset + done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            *got = -errno;
+            return -3;
+        }
+        if (n == 0)
+            break;
+        done += n;
+    }
+    *got = done;
+    return done == want ? pf_decrypt_nodes(buffer, buffer, slots, count) : -3;
 }
 
 /* Encrypt `count` nodes: plaintext[i] under keys[i] into ciphertext[i]; slots[i] gets
