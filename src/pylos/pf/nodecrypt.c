@@ -18,11 +18,12 @@
 
 static const unsigned char zero_iv[12];
 
-/* Decrypt `count` nodes: ciphertext[i] with slots[i] = key || tag into plaintext[i].
+/* Decrypt `count` nodes: ciphertext[i] with slots[i] = key || tag into plaintext[i] (the
+ * same buffer is fine: pf_read_nodes decrypts in place).
  * Returns -1 when every tag matched, else the index of the first node whose tag did not
  * (its plaintext and those after it are unspecified), or -2 when OpenSSL failed. */
 static long pf_decrypt_nodes(const unsigned char *ciphertext, unsigned char *plaintext,
-                      const unsigned char *slots, long count)
+                             const unsigned char *slots, long count)
 {
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     long result = -1;
