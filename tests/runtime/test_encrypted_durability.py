@@ -25,8 +25,6 @@ RECORD = 16
 ITERATIONS = 50
 
 
-
-
 def descendant_named(root: int, name: str) -> int | None:
     """The host PID of a process called `name` below `root` (the program in the enclave)."""
     parents: dict[int, int] = {}
