@@ -17,21 +17,25 @@ import marshal
 import os
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import NamedTuple
+
+from pylos.typing_compat import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CACHE_VERSION = 2
 RACY_WINDOW_NS = 2_000_000_000
 HASH_THREADS = max(2, min(8, (os.cpu_count() or 1) * 2))
 
 
-def cache_dir() -> Path:
-    """Per-user cache directory (`PYLOS_CACHE_DIR`, else `$XDG_CACHE_HOME/pylos`)."""
+def cache_dir() -> str:
+    """Per-user cache directory (`PYLOS_CACHE_DIR`, else `$XDG_CACHE_HOME/pylos`). A string:
+    `pylos run` reads its caches, and importing pathlib costs its start ~6 ms."""
     override = os.environ.get("PYLOS_CACHE_DIR")
     if override:
-        return Path(override)
+        return override
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "pylos"
+    return os.path.join(xdg, "pylos")
 
 
 class FileKey(NamedTuple):
@@ -69,7 +73,9 @@ class HashCache:
 
     @classmethod
     def default(cls) -> HashCache:
-        return cls(cache_dir() / "trusted-hashes.marshal")
+        from pathlib import Path
+
+        return cls(Path(cache_dir(), "trusted-hashes.marshal"))
 
     @classmethod
     def disabled(cls) -> HashCache:
@@ -99,11 +105,18 @@ class HashCache:
             pass  # an unwritable cache directory must not fail a build
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def read_bytes(path: str) -> bytes:
+    """The contents of the file `path` (what Path.read_bytes does, without pathlib)."""
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` so readers see the old file or the new one, never a torn one."""
     import tempfile  # here: costs `pylos run` a few ms at start otherwise
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    directory, name = os.path.split(os.fspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory or ".")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

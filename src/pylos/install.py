@@ -20,9 +20,12 @@ import os
 import stat
 import sys
 from functools import cache
-from pathlib import Path
 
 from pylos.errors import PylosError
+from pylos.typing_compat import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # The URI recorded in `loader.entrypoint.uri`: Gramine's slot for the LibOS binary. pylos's LibOS
 # is its Python package; the URI names it abstractly (never an install path, which would make
@@ -52,13 +55,15 @@ GLIBC_RUNTIME_PATTERNS = (
 HOST_LIBDIR_CANDIDATES = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/lib")
 
 
-def pkglibdir() -> Path:
-    """pylos's per-installation library directory (Gramine's `gramine.pkglibdir`)."""
-    override = os.environ.get("PYLOS_PKGLIBDIR")
-    return Path(override) if override else Path(sys.prefix) / "lib" / "pylos"
+def pkglibdir() -> str:
+    """pylos's per-installation library directory (Gramine's `gramine.pkglibdir`). A string:
+    `pylos run` needs it, and importing pathlib costs its start ~6 ms."""
+    return os.environ.get("PYLOS_PKGLIBDIR") or os.path.join(sys.prefix, "lib", "pylos")
 
 
 def _host_glibc_dir() -> Path:
+    from pathlib import Path
+
     for candidate in HOST_LIBDIR_CANDIDATES:
         if Path(candidate, "libc.so.6").is_file():
             return Path(candidate)
@@ -71,7 +76,9 @@ def runtimedir(libc: str = "glibc") -> Path:
     """The runtime directory for `libc`, populated from the host on first use."""
     if libc != "glibc":
         raise PylosError(f"gramine.runtimedir(libc={libc!r}): pylos supports only 'glibc'")
-    target = pkglibdir() / "runtime" / libc
+    from pathlib import Path
+
+    target = Path(pkglibdir(), "runtime", libc)
     if not target.is_dir():
         _populate_runtimedir(target)
     return target
@@ -81,6 +88,7 @@ def _populate_runtimedir(target: Path) -> None:
     """Copy the host's glibc runtime into `target` atomically (a temp dir renamed into place)."""
     import shutil  # here, not at the top: `pylos run` never needs them
     import tempfile
+    from pathlib import Path
 
     source = _host_glibc_dir()
     names = sorted({p.name for pattern in GLIBC_RUNTIME_PATTERNS for p in source.glob(pattern)})

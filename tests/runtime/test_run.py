@@ -186,3 +186,40 @@ def test_descendants_killed_when_main_exits(make_enclave):
     result = enclave.run("-c", "sleep 30 & echo started")
     assert result.returncode == 0 and "started" in result.stdout
     assert time.monotonic() - start < 10, "a leftover child kept the enclave alive"
+
+
+# Modules `pylos run` must not import on a warm start (caches filled): each costs every start
+# milliseconds (docs/performance.md, "start-up"), and none is needed to run a program.
+NOT_ON_THE_RUN_PATH = ("typing", "pathlib", "socket", "threading", "tomllib", "tempfile",
+                       "dataclasses", "inspect", "cryptography", "jinja2", "click", "rich")
+
+
+def test_a_warm_signed_run_imports_nothing_it_does_not_need(make_enclave, key, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import sysconfig
+
+    import pylos
+
+    enclave = make_enclave("hello")
+    enclave.sign(key)
+    assert enclave.run().returncode == 0  # fills the parse, measurement and signature caches
+    listing = tmp_path / "modules.txt"
+    # As the command's own wrapper does (`python3 -IS`, its prefix and path), recording what
+    # the launcher process has imported when the run is over.
+    code = (f"import sys; sys.prefix = sys.exec_prefix = {sys.prefix!r}\n"
+            f"sys.path[:0] = [{os.path.dirname(os.path.dirname(pylos.__file__))!r}, "
+            f"{sysconfig.get_paths()['purelib']!r}]; sys.argv = ['pylos', 'run', 'app']\n"
+            "import pylos.cli.main as cli\n"
+            "def exit_now(status):\n"
+            f"    open({str(listing)!r}, 'w').write('\\n'.join(sorted(sys.modules)))\n"
+            "    cli.os._exit(status)\n"
+            "cli.exit_now = exit_now\n"
+            "cli.main()\n")
+    result = subprocess.run([sys.executable, "-IS", "-c", code], cwd=enclave.root,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout == "Hello, world\n", result.stderr
+    imported = set(listing.read_text().split())
+    assert "pylos.runtime.launcher" in imported
+    assert not [m for m in imported if m.split(".")[0] in NOT_ON_THE_RUN_PATH], result.stderr

@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from functools import cached_property
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pylos.errors import PylosError
-from pylos.hashing import write_atomic
+from pylos.hashing import read_bytes, write_atomic
 from pylos.install import pkglibdir
+from pylos.typing_compat import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pylos.attest.pki import SimulatedPki
@@ -31,21 +30,22 @@ PKI_FILE = "sim-pki.json"  # attestation key, PCK chain and collateral signing k
 COLLATERAL_FILE = "sim-collateral.json"  # re-issued when the verification time leaves it
 
 
-def platform_dir() -> Path:
+def platform_dir() -> str:
     """Where this installation's simulated platform lives."""
-    override = os.environ.get(PLATFORM_DIR_ENV)
-    return Path(override) if override else pkglibdir() / "sim-platform"
+    return os.environ.get(PLATFORM_DIR_ENV) or os.path.join(pkglibdir(), "sim-platform")
 
 
 class SimulatedPlatform:
-    """A handle on the store; files inside are created lazily, each on its first use."""
+    """A handle on the store; files inside are created lazily, each on its first use.
+    (Paths are strings, not pathlib's: `pylos run` reads the secret, and importing pathlib
+    costs its start ~6 ms.)"""
 
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = root if root is not None else platform_dir()
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = os.fspath(root) if root is not None else platform_dir()
 
-    def ensure_root(self) -> Path:
+    def ensure_root(self) -> str:
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
             os.chmod(self.root, 0o700)
         except OSError as e:
             raise PylosError(
@@ -56,14 +56,14 @@ class SimulatedPlatform:
 
     def read_or_create(self, name: str, make: Callable[[], bytes]) -> bytes:
         """The bytes of store file `name`, created once with `make()` (0600, atomically)."""
-        path = self.ensure_root() / name
+        path = os.path.join(self.ensure_root(), name)
         try:
-            return path.read_bytes()
+            return read_bytes(path)
         except FileNotFoundError:
             pass
         data = make()
         # O_EXCL-like: if another process created it meanwhile, its version wins.
-        tmp = path.with_name(f".{name}.{os.getpid()}")
+        tmp = os.path.join(self.root, f".{name}.{os.getpid()}")
         write_atomic(tmp, data, mode=0o600)
         try:
             os.link(tmp, path)
@@ -71,7 +71,7 @@ class SimulatedPlatform:
             pass
         finally:
             os.unlink(tmp)
-        return path.read_bytes()
+        return read_bytes(path)
 
     @cached_property
     def secret(self) -> bytes:
@@ -79,8 +79,8 @@ class SimulatedPlatform:
         data = self.read_or_create(SECRET_FILE, lambda: os.urandom(SECRET_SIZE))
         if len(data) != SECRET_SIZE:
             raise PylosError(
-                f"simulated platform secret '{self.root / SECRET_FILE}' is {len(data)} bytes,"
-                f" expected {SECRET_SIZE}"
+                f"simulated platform secret '{os.path.join(self.root, SECRET_FILE)}' is "
+                f"{len(data)} bytes, expected {SECRET_SIZE}"
             )
         return data
 
@@ -93,8 +93,9 @@ class SimulatedPlatform:
         try:
             return SimulatedPki.loads(data)
         except (ValueError, KeyError, TypeError) as exc:
-            raise PylosError(f"simulated platform file '{self.root / PKI_FILE}' is damaged "
-                             f"({exc}); remove it to provision a new simulated PKI") from None
+            raise PylosError(f"simulated platform file '{os.path.join(self.root, PKI_FILE)}' is "
+                             f"damaged ({exc}); remove it to provision a new simulated PKI"
+                             ) from None
 
     def collateral(self, now: int) -> str:
         """Simulated collateral (QuoteCollateralV3 JSON) whose validity covers `now`: the stored
@@ -102,9 +103,9 @@ class SimulatedPlatform:
         import datetime
         import json
 
-        path = self.ensure_root() / COLLATERAL_FILE
+        path = os.path.join(self.ensure_root(), COLLATERAL_FILE)
         try:
-            text = path.read_text()
+            text = read_bytes(path).decode()
             info = json.loads(json.loads(text)["tcb_info"])
             window = [int(datetime.datetime.strptime(info[k], "%Y-%m-%dT%H:%M:%SZ").replace(
                 tzinfo=datetime.UTC).timestamp()) for k in ("issueDate", "nextUpdate")]

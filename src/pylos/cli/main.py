@@ -10,7 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import NoReturn
+
+from pylos.typing_compat import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def exit_now(status: int) -> NoReturn:

@@ -1,10 +1,14 @@
 """Gramine-compatible manifests: templates, schema, defaults and trusted-file expansion."""
 
-from typing import Any
+from __future__ import annotations
 
 from pylos.manifest.manifest import Manifest
 from pylos.manifest.schema import check_manifest, validation_errors
 from pylos.manifest.sizes import parse_size
+from pylos.typing_compat import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Manifest", "check_manifest", "parse_defines", "parse_size", "render",
            "validation_errors"]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import copy
+import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from pylos import install
 from pylos.errors import InputError, PylosError, about
-from pylos.hashing import HashCache, ProgressCallback
+from pylos.hashing import HashCache, ProgressCallback, read_bytes
 from pylos.manifest.sizes import parse_size
 from pylos.manifest.trusted import expand_trusted_files
+from pylos.typing_compat import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 CPU_FEATURE_DEFAULTS = {
     "avx": "unspecified",
@@ -106,7 +109,7 @@ class Manifest:
         """Read and parse a manifest file: PylosError (2) if it cannot be read, InputError
         (1) if it is not UTF-8 TOML."""
         try:
-            raw = Path(path).read_bytes()
+            raw = read_bytes(os.fspath(path))
         except OSError as exc:
             raise PylosError(f"cannot read manifest '{path}': {exc.strerror or exc}") from None
         try:
@@ -149,6 +152,8 @@ class Manifest:
         return tomli_w.dumps(self.data)
 
     def copy(self) -> Manifest:
+        import copy  # here: `pylos run` never copies a manifest
+
         clone = Manifest.__new__(Manifest)
         clone.data, clone.source = copy.deepcopy(self.data), self.source
         return clone

@@ -9,11 +9,14 @@ reported with its dotted path (`sgx.trusted_files[2].sha256`), all of them at on
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from pylos.errors import InputError
+from pylos.typing_compat import TYPE_CHECKING
 
-Checker = Callable[[Any, str, list[str]], None]
+if TYPE_CHECKING:
+    from typing import Any
+
+    Checker = Callable[[Any, str, list[str]], None]
 
 LOG_LEVELS = ("none", "error", "warning", "debug", "trace", "all")
 

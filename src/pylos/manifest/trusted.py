@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from pylos.errors import InputError, PylosError
 from pylos.hashing import HashCache, ProgressCallback, hash_files
 from pylos.install import LIBOS_URI, libos_hash
+from pylos.typing_compat import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def uri_to_path(uri: str, key: str) -> str:

@@ -8,16 +8,17 @@ against the host working directory, the trusted/allowed file sets, and the limit
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pylos.errors import PylosError
+from pylos.hashing import read_bytes
 from pylos.manifest import Manifest, parse_size
 from pylos.manifest.schema import LOG_LEVELS
 from pylos.manifest.trusted import uri_to_path
+from pylos.typing_compat import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     from pylos.runtime.fs import FuseSetup
     from pylos.runtime.fs.verified import VerifiedView
@@ -120,12 +121,12 @@ class EnclaveConfig:
         return LOG_LEVELS.index(level) <= LOG_LEVELS.index(self.log_level)
 
 
-def _host_path(uri: str, key: str, cwd: Path) -> str:
+def _host_path(uri: str, key: str, cwd: str) -> str:
     path = uri_to_path(uri, key)
     return os.path.normpath(path if path.startswith("/") else os.path.join(cwd, path))
 
 
-def _mount(table: dict, key: str, cwd: Path, path: str) -> Mount:
+def _mount(table: dict, key: str, cwd: str, path: str) -> Mount:
     kind = table.get("type", "chroot")
     uri = table.get("uri")
     if kind == "tmpfs":
@@ -149,10 +150,10 @@ def _mount(table: dict, key: str, cwd: Path, path: str) -> Mount:
                  table.get("enable_recovery", False), bound, table.get("pylos_read_only", False))
 
 
-def _read_nul_separated(uri: str, key: str, cwd: Path) -> list[str]:
+def _read_nul_separated(uri: str, key: str, cwd: str) -> list[str]:
     path = _host_path(uri, key, cwd)
     try:
-        data = Path(path).read_bytes()
+        data = read_bytes(path)
     except OSError as exc:
         raise PylosError(f"{key}: cannot read '{path}': {exc.strerror}") from None
     if data and not data.endswith(b"\0"):
@@ -161,7 +162,7 @@ def _read_nul_separated(uri: str, key: str, cwd: Path) -> list[str]:
     return [item.decode() for item in data.split(b"\0")[:-1]]
 
 
-def resolve_argv(loader: dict, libos_entrypoint: str, host_args: list[str], cwd: Path,
+def resolve_argv(loader: dict, libos_entrypoint: str, host_args: list[str], cwd: str,
                  messages: list[str]) -> list[str]:
     """argv by Gramine's rules: one of loader.argv / argv_src_file / use_cmdline_argv."""
     options = [k for k in ("argv", "argv_src_file", "insecure__use_cmdline_argv")
@@ -190,7 +191,7 @@ def resolve_argv(loader: dict, libos_entrypoint: str, host_args: list[str], cwd:
     return [libos_entrypoint]
 
 
-def resolve_env(loader: dict, host_env: dict[str, str], cwd: Path) -> dict[str, str]:
+def resolve_env(loader: dict, host_env: dict[str, str], cwd: str) -> dict[str, str]:
     """The program's environment: clean by default (Gramine), as the manifest says."""
     env: dict[str, str] = dict(host_env) if loader.get("insecure__use_host_env") else {}
     if "env_src_file" in loader:
@@ -236,7 +237,7 @@ def _insecure_items(data: dict) -> list[str]:
 
 
 def build_config(manifest: Manifest, host_args: list[str], host_env: dict[str, str],
-                 cwd: Path) -> EnclaveConfig:
+                 cwd: str) -> EnclaveConfig:
     """Resolve a validated manifest into the runtime configuration."""
     data = manifest.data
     loader, sgx, sys_ = data["loader"], data["sgx"], data.get("sys", {})

@@ -26,11 +26,11 @@ import os
 import re
 import signal
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from pylos.errors import PylosError
 from pylos.runtime import landlock
 from pylos.runtime.target import thread_group
+from pylos.typing_compat import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pylos.runtime.config import EnclaveConfig

@@ -9,11 +9,11 @@ the simulated platform's secret). Key material is never logged or put in an exce
 
 from __future__ import annotations
 
+import _thread  # threading's lock itself, without threading's import (`pylos run` start-up)
 import re
-import threading
-from typing import TYPE_CHECKING
 
 from pylos.errors import PylosError
+from pylos.typing_compat import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pylos.attest.platform import SimulatedPlatform
@@ -31,7 +31,7 @@ class KeyStore:
         """`report_body`: the enclave's identity (its packed report body), SGX mode only."""
         self._keys: dict[str, bytes] = {}
         self._declared: set[str] = set()  # named by a mount, maybe not set yet
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._identity = report_body  # SGX mode only: the sealing keys exist
         self._platform = platform
 

@@ -27,14 +27,12 @@ import os
 import resource
 import select
 import signal
-import socket
 import stat
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
 from pylos.errors import PylosError
 from pylos.runtime import seccomp
+from pylos.runtime.channel import Channel, pair, recv_fds, send_fds, sethostname
 from pylos.runtime.config import EnclaveConfig, build_config
 from pylos.runtime.fs import (
     FuseSetup,
@@ -68,6 +66,7 @@ from pylos.runtime.syscalls import (
 )
 from pylos.runtime.syscalls.table import SYSCALLS
 from pylos.runtime.watchdog import StartupStalled, StartupWatchdog, start_timeout
+from pylos.typing_compat import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -528,7 +527,7 @@ def _set_pdeathsig() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _program(config: EnclaveConfig, confinement: Confinement, channel: socket.socket,
+def _program(config: EnclaveConfig, confinement: Confinement, channel: Channel,
              identity: bool) -> None:
     """The program's process, just before exec (never returns)."""
     _set_pdeathsig()
@@ -554,7 +553,7 @@ def _program(config: EnclaveConfig, confinement: Confinement, channel: socket.so
         landlock.confine((*confinement.landlock_rules, *_standard_stream_rules()),
                          confinement.landlock_abi)
     listener = seccomp.install_filter(confinement.seccomp_filter)
-    socket.send_fds(channel, [b"L"], [listener])
+    send_fds(channel, b"L", [listener])
     os.close(listener)
     channel.close()
     # Nothing but standard input, output and error crosses into the program: descriptors the
@@ -586,7 +585,7 @@ def _standard_stream_rules() -> list[tuple[str, int]]:
 
 
 def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Confinement,
-          channel: socket.socket, staging_channel: socket.socket, identity: bool) -> int:
+          channel: Channel, staging_channel: Channel, identity: bool) -> int:
     """PID 1 of the enclave: build the view, start the program, reap, exit with its status.
 
     Init is the one process of the enclave outside the seccomp filter, so nothing in the
@@ -611,13 +610,13 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Conf
         if plan.verified_roots is not None:
             verified = VerifiedMount(
                 os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC), config.uid, config.gid,
-                lambda fd: socket.send_fds(channel, [marshal.dumps({"verified": True})], [fd]))
+                lambda fd: send_fds(channel, marshal.dumps({"verified": True}), [fd]))
         _report_stage(channel, "view", "the enclave's file system view to be built")
         result = build_view(plan, newroot, config.start_dir, verified)
         if verified is not None:
             os.close(verified.fd)  # the supervisor's server has its own
         if not config.extra_runtime_domain_names_conf:
-            socket.sethostname("localhost")  # Gramine's; the host's name with that option
+            sethostname("localhost")  # Gramine's; the host's name with that option
         if fuse:
             _report_stage(channel, "FUSE mounts", "mounting "
                           + ", ".join(mount.path for mount in fuse))
@@ -625,12 +624,12 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Conf
     # The view's root travels as an fd: the supervisor never derives it from a TID (reusable).
     root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     union = [result.union_upper_fd] if result.union_upper_fd >= 0 else []
-    socket.send_fds(channel, [marshal.dumps({"writable": result.writable_mount_ids,
-                                             "verified": result.verified_mount_ids,
-                                             "private": result.private_mount_ids + fuse_ids,
-                                             "union": result.union_mount_id,
-                                             "warnings": fuse_warnings})],
-                    [root, *union, *fuse_fds])
+    send_fds(channel, marshal.dumps({"writable": result.writable_mount_ids,
+                                     "verified": result.verified_mount_ids,
+                                     "private": result.private_mount_ids + fuse_ids,
+                                     "union": result.union_mount_id,
+                                     "warnings": fuse_warnings}),
+             [root, *union, *fuse_fds])
     os.close(root)
     for fd in union:
         os.close(fd)
@@ -671,13 +670,13 @@ def _init(config: EnclaveConfig, plan: ViewPlan, newroot: str, confinement: Conf
                              staging_channel)
 
 
-def _report_stage(channel: socket.socket, name: str, waiting_for: str) -> None:
+def _report_stage(channel: Channel, name: str, waiting_for: str) -> None:
     """Tell the supervisor's watchdog which start-up stage init is in."""
     channel.send(marshal.dumps({"stage": (name, waiting_for)}))
 
 
 def _serve_until_exit(program: int, staging: StagingArea | None,
-                      channel: socket.socket) -> int:
+                      channel: Channel) -> int:
     """Init's loop: reap every process (PID 1 of the enclave), stage executables for the
     supervisor, and return the program's exit status once it has exited."""
     wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -704,8 +703,8 @@ def _serve_until_exit(program: int, staging: StagingArea | None,
 
 
 def _namespace_creator(config: EnclaveConfig, plan: ViewPlan, newroot: str,
-                       confinement: Confinement, channel: socket.socket,
-                       staging_channel: socket.socket, identity: bool) -> int:
+                       confinement: Confinement, channel: Channel,
+                       staging_channel: Channel, identity: bool) -> int:
     _set_pdeathsig()
     # Out of the supervisor's process group: kill(0, sig) from init's group must not reach it.
     os.setpgid(0, 0)
@@ -758,7 +757,7 @@ def run(app: str, host_args: list[str],
     options = options or RunOptions()
     watchdog = StartupWatchdog(start_timeout())
     loaded = load_enclave(app, options.mode)
-    config = build_config(loaded.manifest, host_args, dict(os.environ), Path.cwd())
+    config = build_config(loaded.manifest, host_args, dict(os.environ), os.getcwd())
     if configure is not None:
         configure(loaded, config)
     if options.log_level is not None:
@@ -851,8 +850,8 @@ def _start(config: EnclaveConfig, log: Log, plan: ViewPlan, confinement: Confine
            handlers: dict, newroot: str, program_umask: int, watchdog: StartupWatchdog,
            identity: bool) -> int:
     """Start the enclave's processes and supervise them until the program has ended."""
-    supervisor_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    staging_end, init_staging_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    supervisor_end, child_end = pair()
+    staging_end, init_staging_end = pair()
     creator = os.fork()
     if creator == 0:
         supervisor_end.close()
@@ -874,7 +873,7 @@ def _start(config: EnclaveConfig, log: Log, plan: ViewPlan, confinement: Confine
                       None if identity else Stager(staging_end), watchdog)
 
 
-def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.socket,
+def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: Channel,
                creator: int, stager: Stager | None, watchdog: StartupWatchdog) -> int:
     from pylos.runtime.identity import IdentityPolicy
     from pylos.runtime.policy import FilePolicy, TrustedFiles, UnionRoot
@@ -949,7 +948,7 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: socket.
     return _exit_code(status)
 
 
-def _receive_enclave(config: EnclaveConfig, log: Log, channel: socket.socket, creator: int,
+def _receive_enclave(config: EnclaveConfig, log: Log, channel: Channel, creator: int,
                      stager: Stager | None, watchdog: StartupWatchdog
                      ) -> tuple[dict | None, list[int], list[int]]:
     """Follow the enclave's start stage by stage, each under the watchdog's deadline, up to
@@ -957,7 +956,7 @@ def _receive_enclave(config: EnclaveConfig, log: Log, channel: socket.socket, cr
     listener fd); no view when the program could not start."""
     watchdog.enter("namespaces", "the enclave's user, mount and PID namespaces")
     while True:
-        message, root_fds, _, _ = socket.recv_fds(
+        message, root_fds = recv_fds(
             channel, 65536, 1 + _union_fds(config) + len(config.fuse.mounts))
         view = marshal.loads(message) if message else {"error": "the enclave did not start"}
         if view.get("map_ids") is True:  # the creator has its user namespace: map its ids
@@ -976,7 +975,7 @@ def _receive_enclave(config: EnclaveConfig, log: Log, channel: socket.socket, cr
         raise PylosError(view["error"])
     watchdog.enter("program start", "the program's process to confine itself (Landlock, "
                    "seccomp) and hand over its listener")
-    _, fds, _, _ = socket.recv_fds(channel, 16, 1)
+    _, fds = recv_fds(channel, 16, 1)
     channel.close()
     if not fds:
         return None, root_fds, fds
@@ -994,7 +993,7 @@ def _receive_enclave(config: EnclaveConfig, log: Log, channel: socket.socket, cr
 
 
 def _serve_verified_view(config: EnclaveConfig, log: Log, fd: int, creator: int,
-                         channel: socket.socket) -> None:
+                         channel: Channel) -> None:
     """Init has mounted the verified view (`fd`): serve it, in a process of its own."""
     from pylos.runtime.fs.verified import VerifiedFs, VerifiedView
     from pylos.runtime.policy import TrustedFiles

@@ -20,14 +20,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import marshal
+import os
 from functools import cache
-from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
 from pylos import install
 from pylos.errors import PylosError
-from pylos.hashing import cache_dir, write_atomic
+from pylos.hashing import cache_dir, read_bytes, write_atomic
 from pylos.manifest import Manifest
+from pylos.typing_compat import TYPE_CHECKING, NamedTuple
 
 MAC_SIZE = 32
 
@@ -70,7 +70,7 @@ def _cache_key(digest: str, label: bytes = b"pylos parsed-manifest cache ") -> b
     enclave enforces."""
     from pylos.attest.platform import platform_dir
 
-    return hmac.digest(_platform_secret(str(platform_dir())), label + digest.encode(), "sha256")
+    return hmac.digest(_platform_secret(platform_dir()), label + digest.encode(), "sha256")
 
 
 @cache
@@ -78,15 +78,15 @@ def _platform_secret(root: str) -> bytes:
     """The secret of the simulated platform in `root`, read once per process."""
     from pylos.attest.platform import SimulatedPlatform
 
-    return SimulatedPlatform(Path(root)).secret
+    return SimulatedPlatform(root).secret
 
 
 def _parse_cached(data: bytes, source: str, digest: str) -> Manifest:
     """The parsed manifest: from the cache when its MAC verifies, else parsed and cached."""
-    cached = cache_dir() / "manifests" / f"{digest}.marshal"
+    cached = os.path.join(cache_dir(), "manifests", f"{digest}.marshal")
     key = _cache_key(digest)
     try:
-        blob = cached.read_bytes()
+        blob = read_bytes(cached)
         mac, body = blob[:MAC_SIZE], blob[MAC_SIZE:]
         if hmac.compare_digest(mac, hmac.digest(key, body, "sha256")):
             manifest = Manifest.__new__(Manifest)
@@ -102,7 +102,7 @@ def _parse_cached(data: bytes, source: str, digest: str) -> Manifest:
     manifest.check()
     try:
         body = marshal.dumps(manifest.data)
-        cached.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
         write_atomic(cached, hmac.digest(key, body, "sha256") + body, mode=0o600)
     except OSError:
         pass  # caching is an optimisation only
@@ -114,21 +114,20 @@ def load_enclave(app: str, mode: str = "auto") -> LoadedEnclave:
     exists, else unsigned), "sgx" (signed or nothing, as gramine-sgx) or "direct" (the
     unsigned APP.manifest, as gramine-direct)."""
     base = app_base(app)
-    signed, sig_path, plain = Path(base + ".manifest.sgx"), Path(base + ".sig"), Path(
-        base + ".manifest")
-    if mode == "sgx" and not signed.exists():
+    signed, sig_path, plain = base + ".manifest.sgx", base + ".sig", base + ".manifest"
+    if mode == "sgx" and not os.path.exists(signed):
         raise PylosError(f"--sgx: {signed} does not exist; sign the manifest with "
                          f"`pylos sign -m {plain}`")
-    if signed.exists() and mode != "direct":
-        if not sig_path.exists():
+    if os.path.exists(signed) and mode != "direct":
+        if not os.path.exists(sig_path):
             raise PylosError(f"Invalid application path specified ({sig_path} does not exist; "
                              f"sign the manifest with `pylos sign -m {plain}`).")
         _refuse_stale(signed, plain)
         return _load_signed(signed, sig_path)
-    if plain.exists():
+    if os.path.exists(plain):
         data = _read(plain)
         digest = hashlib.sha256(data).hexdigest()
-        return LoadedEnclave(_parse_cached(data, str(plain), digest), sgx_mode=False,
+        return LoadedEnclave(_parse_cached(data, plain, digest), sgx_mode=False,
                              digest=digest)
     if mode == "direct":
         raise PylosError(f"--direct: {plain} does not exist (render it with `pylos manifest`)")
@@ -136,21 +135,21 @@ def load_enclave(app: str, mode: str = "auto") -> LoadedEnclave:
                      f"{plain}).")
 
 
-def _refuse_stale(signed: Path, plain: Path) -> None:
+def _refuse_stale(signed: str, plain: str) -> None:
     """A `.manifest.sgx` older than its `.manifest` was not made from what is here now:
     running it would run an old build. (An edited `.manifest.sgx` is the measurement's to
     catch: its SIGSTRUCT no longer matches.)"""
     try:
-        if plain.stat().st_mtime_ns > signed.stat().st_mtime_ns:
+        if os.stat(plain).st_mtime_ns > os.stat(signed).st_mtime_ns:
             raise PylosError(f"{signed} is older than {plain} (the manifest changed after "
                              f"signing): re-sign it with `pylos sign -m {plain}`")
     except FileNotFoundError:
         pass  # no .manifest beside it (shipped signed only), or gone meanwhile
 
 
-def _read(path: Path) -> bytes:
+def _read(path: str) -> bytes:
     try:
-        return path.read_bytes()
+        return read_bytes(path)
     except OSError as exc:
         raise PylosError(f"cannot read '{path}': {exc.strerror}") from None
 
@@ -158,10 +157,10 @@ def _read(path: Path) -> bytes:
 def _cached(kind: str, name: str, compute: Callable[[], tuple]) -> tuple:
     """`compute()`'s result, from the cache `kind`/`name` when its MAC verifies, else
     computed and cached (marshal, under a MAC keyed like the parse cache's)."""
-    cached = cache_dir() / kind / f"{name}.marshal"
+    cached = os.path.join(cache_dir(), kind, f"{name}.marshal")
     key = _cache_key(name, f"pylos {kind} cache ".encode())
     try:
-        blob = cached.read_bytes()
+        blob = read_bytes(cached)
         mac, body = blob[:MAC_SIZE], blob[MAC_SIZE:]
         if hmac.compare_digest(mac, hmac.digest(key, body, "sha256")):
             return tuple(marshal.loads(body))
@@ -170,7 +169,7 @@ def _cached(kind: str, name: str, compute: Callable[[], tuple]) -> tuple:
     result = compute()
     try:
         body = marshal.dumps(result)
-        cached.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
         write_atomic(cached, hmac.digest(key, body, "sha256") + body, mode=0o600)
     except OSError:
         pass  # caching is an optimisation only
@@ -196,7 +195,7 @@ def _libos_hash() -> str:
     return _cached("libos", install.libos_fingerprint(), lambda: (install.libos_hash(),))[0]
 
 
-def _verified_signature(sig: bytes, sig_path: Path) -> tuple:
+def _verified_signature(sig: bytes, sig_path: str) -> tuple:
     """(ENCLAVEHASH, MRSIGNER, attribute flags, XFRM, MISCSELECT, the enclave's packed report
     body) of a `.sig` whose signature verifies (PylosError otherwise), cached by the `.sig`'s
     SHA-256: the same bytes verify the same way, and the SIGSTRUCT's code and structures cost
@@ -217,12 +216,12 @@ def _verified_signature(sig: bytes, sig_path: Path) -> tuple:
     return _cached("signatures", hashlib.sha256(sig).hexdigest(), verify)
 
 
-def _load_signed(manifest_path: Path, sig_path: Path) -> LoadedEnclave:
+def _load_signed(manifest_path: str, sig_path: str) -> LoadedEnclave:
     data = _read(manifest_path)
     enclave_hash, mr_signer, sig_flags, sig_xfrm, sig_misc_select, report_body = (
         _verified_signature(_read(sig_path), sig_path))
     digest = hashlib.sha256(data).hexdigest()
-    manifest = _parse_cached(data, str(manifest_path), digest)
+    manifest = _parse_cached(data, manifest_path, digest)
     recorded = manifest.data["loader"]["entrypoint"].get("sha256")
     if recorded != _libos_hash():
         raise PylosError(
@@ -232,7 +231,7 @@ def _load_signed(manifest_path: Path, sig_path: Path) -> LoadedEnclave:
         )
     mr_enclave, flags, xfrm, misc_select = _measured(data, manifest, digest)
     if mr_enclave != enclave_hash:
-        plain = manifest_path.with_suffix("")
+        plain = manifest_path.removesuffix(".sgx")
         raise PylosError(f"'{manifest_path}' does not match the measurement in '{sig_path}' "
                          "(edited after signing, or the .sig of another build): rebuild both "
                          f"with `pylos sign -m {plain}`")

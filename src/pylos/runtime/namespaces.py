@@ -18,10 +18,10 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from typing import NamedTuple
 
 from pylos.errors import PylosError
 from pylos.runtime.syscalls.table import SYSCALLS
+from pylos.typing_compat import NamedTuple
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000

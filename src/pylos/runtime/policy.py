@@ -20,11 +20,11 @@ import resource
 import stat
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import NamedTuple
 
 from pylos.hashing import FileKey
 from pylos.runtime.identity import IdentityPolicy
 from pylos.runtime.target import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, mount_id, openat2
+from pylos.typing_compat import NamedTuple
 
 SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 

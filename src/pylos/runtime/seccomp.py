@@ -14,9 +14,9 @@ import fcntl
 import os
 import struct
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from pylos.runtime.syscalls.table import MAX_SYSCALL, SYSCALLS
+from pylos.typing_compat import NamedTuple
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000

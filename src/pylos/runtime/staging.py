@@ -24,10 +24,10 @@ from __future__ import annotations
 import errno
 import marshal
 import os
-import socket
 from collections.abc import Callable
 
 from pylos.errors import PylosError
+from pylos.runtime.channel import Channel, recv_fds, send_fds
 from pylos.runtime.namespaces import MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REMOUNT, mount
 
 STAGING_DIR = "/dev/.pylos-exec"
@@ -71,10 +71,10 @@ class StagingArea:
         mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         return st.st_dev, st.st_ino
 
-    def serve_one(self, channel: socket.socket) -> bool:
+    def serve_one(self, channel: Channel) -> bool:
         """Answer one request from the supervisor; False when the supervisor has gone."""
         try:
-            message, fds, _, _ = socket.recv_fds(channel, 8192, 1)
+            message, fds = recv_fds(channel, 8192, 1)
         except OSError:
             return False
         if not message:
@@ -98,7 +98,7 @@ class StagingArea:
 class Stager:
     """The supervisor's side: one request at a time, answered by init."""
 
-    def __init__(self, channel: socket.socket) -> None:
+    def __init__(self, channel: Channel) -> None:
         self.channel = channel
         channel.settimeout(REQUEST_TIMEOUT)
 
@@ -112,7 +112,7 @@ class Stager:
 
     def stage(self, path: str, content_fd: int) -> tuple[int, int]:
         """Ask init to stage `content_fd` at the view path `path`; OSError when it cannot."""
-        socket.send_fds(self.channel, [marshal.dumps(path)], [content_fd])
+        send_fds(self.channel, marshal.dumps(path), [content_fd])
         reply = marshal.loads(self.channel.recv(8192) or marshal.dumps({"error": "init gone"}))
         if "error" in reply:
             raise OSError(errno.EACCES, f"staging '{path}' for exec: {reply['error']}")

@@ -11,13 +11,16 @@ import os
 import select
 import sys
 from collections.abc import Callable
-from typing import TextIO
 
 from pylos.runtime.config import EnclaveConfig
 from pylos.runtime.policy import FilePolicy
 from pylos.runtime.seccomp import Listener, Notification
 from pylos.runtime.staging import Stager
 from pylos.runtime.syscalls.table import NAMES
+from pylos.typing_compat import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import TextIO
 
 Handler = Callable[["Supervisor", Notification], None]
 

@@ -21,10 +21,10 @@ import contextlib
 import os
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
 
 from pylos.errors import PylosError
 from pylos.runtime.keys import KeyStore
+from pylos.typing_compat import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from pylos.runtime.config import EnclaveConfig, Mount

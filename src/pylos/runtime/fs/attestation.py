@@ -16,10 +16,10 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
 
 from pylos.runtime.fs.fuse import FOPEN_DIRECT_IO, Attr, Context, Driver
 from pylos.runtime.keys import KEY_SIZE, SEALING_KEYS, KeyStore
+from pylos.typing_compat import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from pylos.sgx.structs import ReportBody

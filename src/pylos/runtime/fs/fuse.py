@@ -13,14 +13,18 @@ requests into calls on a `Driver`, which knows only paths and file handles. A dr
 
 from __future__ import annotations
 
+import _thread  # threading's lock, without threading's import (`pylos run` start-up)
 import errno
 import os
 import stat
 import struct
-import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+
+from pylos.typing_compat import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    import threading
 
 # Opcodes (enum fuse_opcode).
 LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK = 1, 2, 3, 4, 5, 6
@@ -212,7 +216,7 @@ class FuseServer:
         self.next_node = ROOT_ID + 1
         self.dirs: dict[int, list[tuple[int, str, int]]] = {}
         self.next_dir = 1
-        self.lock = threading.Lock()  # held per request: the driver is single-threaded
+        self.lock = _thread.allocate_lock()  # held per request: the driver is single-threaded
         self.thread: threading.Thread | None = None
         self.timeout = driver.attr_timeout
         self.handlers: dict[int, Callable[[Context, int, memoryview], Reply | None]] = {
@@ -231,6 +235,8 @@ class FuseServer:
     # --- the loop -------------------------------------------------------------------------
 
     def start(self) -> None:
+        import threading  # here: most servers are processes and never start a thread
+
         self.thread = threading.Thread(target=self.serve, name=f"fuse:{self.name}", daemon=True)
         self.thread.start()
 

@@ -13,9 +13,7 @@ import os
 import re
 import stat
 import struct
-import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from pylos.runtime.fs.procfs import mount_table, sanitized_copy
 from pylos.runtime.identity import foreign_process_entry
@@ -33,6 +31,7 @@ from pylos.runtime.target import (
     read_path,
     thread_group,
 )
+from pylos.typing_compat import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pylos.runtime.seccomp import Notification
@@ -410,6 +409,8 @@ def _finish_blocking_open(sup: Supervisor, n: Notification, fd: int, flags: int,
             finish()
         except Exception as exc:  # as in the supervisor's loop: answered, logged, no traceback
             sup.internal_error(n, exc)
+
+    import threading  # here: a FIFO open is rare, and threading costs every start ~1 ms
 
     threading.Thread(target=serve, name=f"pylos-fifo-{n.id}", daemon=True).start()
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
 
 from pylos.runtime.target import read_path
+from pylos.typing_compat import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pylos.runtime.seccomp import Notification

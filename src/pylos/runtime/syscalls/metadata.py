@@ -20,12 +20,12 @@ import ctypes
 import errno
 import os
 import struct
-from typing import TYPE_CHECKING
 
 from pylos.runtime.policy import PolicyError
 from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view, reply_unreadable
 from pylos.runtime.syscalls.union import verify_copy_up
 from pylos.runtime.target import mount_id, read_memory, read_path
+from pylos.typing_compat import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pylos.runtime.seccomp import Notification

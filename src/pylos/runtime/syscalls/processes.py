@@ -14,12 +14,12 @@ import errno
 import os
 import stat
 import struct
-from typing import TYPE_CHECKING
 
 from pylos.runtime.policy import PolicyError
 from pylos.runtime.syscalls.files import AT_FDCWD, _int32, _open_in_view, reply_unreadable
 from pylos.runtime.syscalls.table import SYSCALLS
 from pylos.runtime.target import mount_id, read_path, thread_group
+from pylos.typing_compat import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pylos.runtime.seccomp import Notification
