@@ -903,14 +903,20 @@ def _supervise(config: EnclaveConfig, log: Log, handlers: dict, channel: Channel
 
     try:
         view, root_fds, fds = _receive_enclave(config, log, channel, creator, stager, watchdog)
-    except StartupStalled:
-        _kill(creator, signal.SIGKILL)  # ends the enclave: PDEATHSIG does the rest
-        os.waitpid(creator, 0)
+    except BaseException as exc:
+        if config.verified_view is not None:  # started early, maybe given no view to serve
+            config.verified_view.stop()
+        if isinstance(exc, StartupStalled):
+            _kill(creator, signal.SIGKILL)  # ends the enclave: PDEATHSIG does the rest
+            os.waitpid(creator, 0)
         raise
     finally:
         watchdog.disarm()
     if view is None:
+        if config.verified_view is not None:
+            config.verified_view.stop()
         _, status = os.waitpid(creator, 0)
+        config.fuse.stop()  # started before the program failed; its mounts are gone now
         return _exit_code(status)
     listener = seccomp.Listener(fds[0])
     listener.enable_sync_wake_up()
@@ -960,10 +966,14 @@ def _receive_enclave(config: EnclaveConfig, log: Log, channel: Channel, creator:
             channel, 65536, 1 + _union_fds(config) + len(config.fuse.mounts))
         view = marshal.loads(message) if message else {"error": "the enclave did not start"}
         if view.get("map_ids") is True:  # the creator has its user namespace: map its ids
-            channel.send(b"1" if map_id_range(creator, config.uid, config.gid) else b"0")
+            mapped = map_id_range(creator, config.uid, config.gid)
+            channel.send(b"1" if mapped else b"0")
+            if mapped and config.verified_roots is not None:
+                _start_verified_view(config, log, creator, channel)
             continue
-        if view.get("verified") is True:
-            _serve_verified_view(config, log, root_fds[0], creator, channel)
+        if view.get("verified") is True:  # init has mounted it: its server serves it
+            assert config.verified_view is not None
+            config.verified_view.serve_mount(root_fds[0])
             continue
         if "stage" not in view:
             break
@@ -973,28 +983,33 @@ def _receive_enclave(config: EnclaveConfig, log: Log, channel: Channel, creator:
         if "namespaces" in view:
             raise _NamespacesUnavailable(view["namespaces"])
         raise PylosError(view["error"])
+    if stager is not None:  # identity mode has no user namespace to join
+        join_user_namespace(creator)
+    # The file servers start while the program confines itself: its exec (trapped) waits for
+    # the supervisor, which waits for them.
+    with watchdog.stage("file servers", "the servers of the encrypted mounts and "
+                        "/dev/attestation to start"):
+        config.fuse.start(root_fds[1 + _union_fds(config):], root_fds[0], log,
+                          close=[channel.fileno()])
     watchdog.enter("program start", "the program's process to confine itself (Landlock, "
                    "seccomp) and hand over its listener")
     _, fds = recv_fds(channel, 16, 1)
     channel.close()
     if not fds:
         return None, root_fds, fds
-    if stager is not None:  # identity mode has no user namespace to join
-        join_user_namespace(creator)
     for warning in view["warnings"]:
         log("warning", warning)
-    with watchdog.stage("file servers", "the servers of the encrypted mounts and "
-                        "/dev/attestation to start"):
-        config.fuse.start(root_fds[1 + _union_fds(config):], root_fds[0], log, close=fds)
-        if config.fuse.has_nested and stager is not None:
+    if config.fuse.has_nested and stager is not None:
+        with watchdog.stage("nested mounts", "the encrypted mounts inside others"):
             view["private"] += stager.mount_nested()
             config.fuse.serve_nested()
     return view, root_fds, fds
 
 
-def _serve_verified_view(config: EnclaveConfig, log: Log, fd: int, creator: int,
+def _start_verified_view(config: EnclaveConfig, log: Log, creator: int,
                          channel: Channel) -> None:
-    """Init has mounted the verified view (`fd`): serve it, in a process of its own."""
+    """The enclave's user namespace exists: start the verified view's server, in a process
+    of its own, while init builds the view (it serves the view once init has mounted it)."""
     from pylos.runtime.fs.verified import VerifiedFs, VerifiedView
     from pylos.runtime.policy import TrustedFiles
 
@@ -1006,7 +1021,7 @@ def _serve_verified_view(config: EnclaveConfig, log: Log, fd: int, creator: int,
                           mount_points=config.verified_mount_points)
 
     config.verified_view = VerifiedView()
-    config.verified_view.start(fd, creator, driver, log, close=[channel.fileno()])
+    config.verified_view.start(creator, driver, log, close=[channel.fileno()])
 
 
 def _union_fds(config: EnclaveConfig) -> int:

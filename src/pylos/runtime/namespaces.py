@@ -273,7 +273,7 @@ class ViewBuilder:
                 return
             mount(source, target, None, MS_BIND)
             # Executable: the view's server serves verified bytes (or logged unknown ones).
-            self.restrict(target, readonly=True, noexec=False)
+            self.restrict(target, readonly=True, noexec=False, inherited=False)
             self.result.verified_mount_ids.append(_mount_id_of(target))
         else:
             mount(host, target, None, MS_BIND | MS_REC)
@@ -296,13 +296,20 @@ class ViewBuilder:
         self.result.private_mount_ids.append(_mount_id_of(self.real(path)))
 
     @staticmethod
-    def restrict(target: str, readonly: bool = True, noexec: bool = False) -> None:
-        """Remount the bind at `target` nosuid, and read-only and/or noexec."""
-        # Flags locked by the user namespace (nosuid, nodev, noexec, ro) must be kept.
+    def restrict(target: str, readonly: bool = True, noexec: bool = False,
+                 inherited: bool = True) -> None:
+        """Remount the bind at `target` nosuid, and read-only and/or noexec. `inherited`: a
+        bind of a host mount, whose flags the user namespace may have locked; not inherited,
+        a bind of the verified view, mounted here (nosuid, nodev, nothing locked)."""
         # nosuid always: a set-id file on the host never gains privileges inside.
-        st = os.statvfs(target)
         flags = MS_REMOUNT | MS_BIND | MS_NOSUID | (MS_RDONLY if readonly else 0) | (
             MS_NOEXEC if noexec else 0)
+        if not inherited:
+            # No statvfs: on the view it would be a round trip to its server, at each bind.
+            mount(None, target, None, flags | MS_NODEV)
+            return
+        # Flags locked by the user namespace (nosuid, nodev, noexec, ro) must be kept.
+        st = os.statvfs(target)
         for flag, bit in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
                           (os.ST_NOEXEC, MS_NOEXEC), (os.ST_RDONLY, MS_RDONLY)):
             if st.f_flag & flag:
@@ -482,7 +489,7 @@ class ViewBuilder:
             os.mkdir(self.real(REFUSED_DIR), 0o555)
             mount(f"{self.real(VERIFIED_MOUNT_POINT)}/{REFUSED}", self.real(REFUSED_DIR), None,
                   MS_BIND)
-            self.restrict(self.real(REFUSED_DIR))
+            self.restrict(self.real(REFUSED_DIR), inherited=False)
         os.mkdir(f"{dev}/shm", 0o1777)
         mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777")
         self.result.private_mount_ids.append(_mount_id_of(f"{dev}/shm"))

@@ -42,6 +42,7 @@ import stat
 from collections.abc import Callable
 
 from pylos.hashing import FileKey
+from pylos.runtime.channel import Channel, pair, recv_fds, send_fds
 from pylos.runtime.fs.fuse import (
     CACHE_SYMLINKS,
     FOPEN_CACHE_DIR,
@@ -49,6 +50,7 @@ from pylos.runtime.fs.fuse import (
     Attr,
     Context,
     Driver,
+    FuseServer,
 )
 from pylos.runtime.namespaces import REFUSED, root_index
 from pylos.runtime.policy import (
@@ -297,36 +299,51 @@ def _attr(st: os.stat_result, mode: int | None = None) -> Attr:
 
 
 class VerifiedView:
-    """The supervisor's side of the verified view: its server process, once init has mounted
-    it."""
+    """The supervisor's side of the verified view: its server process, started as soon as
+    the enclave's user namespace exists, and given the view's descriptor once init has
+    mounted it (its start overlaps init's building of the view)."""
 
     def __init__(self) -> None:
         self.server_pid: int | None = None
+        self._handover: Channel | None = None
 
-    def start(self, fd: int, namespace_of: int, serve: Callable[[], VerifiedFs],
+    def start(self, namespace_of: int, serve: Callable[[], VerifiedFs],
               log: Callable[[str, str], None], close: list[int]) -> None:
-        """Fork the server for the mounted descriptor `fd`: in the enclave's user namespace
-        (that of process `namespace_of`), so it reads the host with the program's rights,
-        never the host privileges of `pylos run`; `serve` makes its driver there."""
+        """Fork the server: in the enclave's user namespace (that of process
+        `namespace_of`), so it reads the host with the program's rights, never the host
+        privileges of `pylos run`; `serve` makes its driver there. It serves the descriptor
+        `serve_mount` hands it, and exits quietly if none comes (the enclave did not start)."""
         from pylos.runtime.fs import become_file_server
-        from pylos.runtime.fs.fuse import FuseServer
 
+        ours, theirs = pair()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                for other in close:
+                for other in (*close, ours.fileno()):
                     os.close(other)
                 become_file_server(namespace_of, b"pylos-view")  # the name: for ps, the tests
-                server = FuseServer(fd, serve(), log, "the verified view")
-                server.serve()
+                driver = serve()
+                _, fds = recv_fds(theirs, 1, 1)
+                if fds:
+                    FuseServer(fds[0], driver, log, "the verified view").serve()
                 code = 0
             except BaseException as exc:
                 log("error", f"the verified view's server failed: {exc!r}")
             finally:
                 os._exit(code)
-        self.server_pid = pid
-        os.close(fd)
+        theirs.close()
+        self.server_pid, self._handover = pid, ours
+
+    def serve_mount(self, fd: int) -> None:
+        """Init has mounted the view (`fd`, closed here): the server serves it from now."""
+        assert self._handover is not None
+        try:
+            send_fds(self._handover, b"V", [fd])
+        finally:
+            os.close(fd)
+            self._handover.close()
+            self._handover = None
 
     def ended_badly(self) -> bool:
         """Whether the server has died other than by its mount going away (then the enclave
