@@ -18,7 +18,7 @@ from pylos.runtime.fs.fuse import Context
 from pylos.runtime.fs.verified import VerifiedFs
 from pylos.runtime.policy import TrustedFiles
 
-from runtime_support import shell_template
+from runtime_support import TEMPLATE, shell_template
 from support import PYLOS
 
 READLINK = '  "file:/bin/readlink",\n'
@@ -245,3 +245,29 @@ def test_a_mount_inside_a_verified_directory_keeps_it_one_bind(make_enclave):
                   if line.split()[4].startswith("/lib/")]
     assert lib_mounts == ["/lib/extra"], result.stdout
     assert "libnss_hesiod" not in result.stderr  # never used, so never verified
+
+
+
+def test_a_view_that_cannot_be_built_ends_the_run_promptly(make_enclave):
+    """The view's server starts before init builds the view: when init fails (a mount's
+    host path is missing), the run ends with init's error, and no server is left waiting
+    for a view that never comes."""
+    enclave = make_enclave("hello")
+    enclave.render(template=TEMPLATE.replace(
+        '  { path = "/app", uri = "file:app" },\n',
+        '  { path = "/app", uri = "file:app" },\n  { path = "/gone", uri = "file:gone" },\n'))
+    started = time.monotonic()
+    result = enclave.run(timeout=30)
+    assert result.returncode != 0
+    assert "cannot mount" in result.stderr and "at '/gone': No such file or directory" in (
+        result.stderr), result.stderr
+    assert time.monotonic() - started < 10
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit()
+                and _comm(pid) == "pylos-view"]
+
+
+def _comm(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
