@@ -33,6 +33,7 @@ MAC_SIZE = 32
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     from pylos.sgx.sigstruct import Sigstruct
     from pylos.sgx.structs import ReportBody
@@ -63,7 +64,7 @@ def app_base(app: str) -> str:
     return app
 
 
-def _cache_key(digest: str, label: bytes = b"pylos parsed-manifest cache ") -> bytes:
+def _cache_key(digest: str, label: bytes) -> bytes:
     """The MAC key of one cache entry (a parsed manifest, a measurement...), from the
     simulated platform's secret (what a CPU keeps in fuses): the caches live in a directory
     the host can write, and in SGX's threat model nothing the host writes may decide what the
@@ -83,29 +84,18 @@ def _platform_secret(root: str) -> bytes:
 
 def _parse_cached(data: bytes, source: str, digest: str) -> Manifest:
     """The parsed manifest: from the cache when its MAC verifies, else parsed and cached."""
-    cached = os.path.join(cache_dir(), "manifests", f"{digest}.marshal")
-    key = _cache_key(digest)
-    try:
-        blob = read_bytes(cached)
-        mac, body = blob[:MAC_SIZE], blob[MAC_SIZE:]
-        if hmac.compare_digest(mac, hmac.digest(key, body, "sha256")):
-            manifest = Manifest.__new__(Manifest)
-            manifest.data, manifest.source = marshal.loads(body), source
-            return manifest
-    except (OSError, EOFError, ValueError, TypeError):
-        pass  # missing, damaged or forged: parse the manifest itself
-    try:
-        text = data.decode()
-    except UnicodeDecodeError:
-        raise PylosError(f"{source}: not a UTF-8 text manifest") from None
-    manifest = Manifest.loads(text, source)
-    manifest.check()
-    try:
-        body = marshal.dumps(manifest.data)
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        write_atomic(cached, hmac.digest(key, body, "sha256") + body, mode=0o600)
-    except OSError:
-        pass  # caching is an optimisation only
+    def parse() -> dict:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise PylosError(f"{source}: not a UTF-8 text manifest") from None
+        manifest = Manifest.loads(text, source)
+        manifest.check()
+        return manifest.data
+
+    manifest = Manifest.__new__(Manifest)
+    manifest.data = _cached("manifests", digest, parse, b"pylos parsed-manifest cache ")
+    manifest.source = source
     return manifest
 
 
@@ -154,16 +144,17 @@ def _read(path: str) -> bytes:
         raise PylosError(f"cannot read '{path}': {exc.strerror}") from None
 
 
-def _cached(kind: str, name: str, compute: Callable[[], tuple]) -> tuple:
+def _cached(kind: str, name: str, compute: Callable[[], Any], label: bytes | None = None) -> Any:
     """`compute()`'s result, from the cache `kind`/`name` when its MAC verifies, else
-    computed and cached (marshal, under a MAC keyed like the parse cache's)."""
+    computed and cached (marshal, under a MAC keyed by `label`, by default
+    `pylos <kind> cache `, and `name`)."""
     cached = os.path.join(cache_dir(), kind, f"{name}.marshal")
-    key = _cache_key(name, f"pylos {kind} cache ".encode())
+    key = _cache_key(name, label or f"pylos {kind} cache ".encode())
     try:
         blob = read_bytes(cached)
         mac, body = blob[:MAC_SIZE], blob[MAC_SIZE:]
         if hmac.compare_digest(mac, hmac.digest(key, body, "sha256")):
-            return tuple(marshal.loads(body))
+            return marshal.loads(body)
     except (OSError, EOFError, ValueError, TypeError):
         pass  # missing, damaged or forged: compute
     result = compute()
