@@ -145,8 +145,8 @@ def _mount_ids(paths: list[str]) -> list[int]:
     return [found[p] for p in paths if p in found]
 
 
-def become_file_server(namespace_of: int | None, name: bytes | None = None) -> None:
-    """Make a freshly forked process a file server: it dies with its parent (PDEATHSIG), the
+def become_file_server(parent: int, namespace_of: int | None, name: bytes | None = None) -> None:
+    """Make a freshly forked process a file server: it dies with its `parent` (PDEATHSIG), the
     signals of the terminal are not for it, with `namespace_of` it joins that process's user
     namespace, giving up the host privileges of `pylos run`, and with `name` it is called
     that (its comm, as `ps` shows it)."""
@@ -162,6 +162,8 @@ def become_file_server(namespace_of: int | None, name: bytes | None = None) -> N
         with contextlib.suppress(OSError, ValueError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above: no signal will come
+        os._exit(1)
     if name is not None:
         libc.prctl(15, name, 0, 0, 0)  # PR_SET_NAME
     # Out of the supervisor's process group: `kill -TERM -<pylos run>` (a service manager,
@@ -235,13 +237,14 @@ class FuseSetup:
         if not fds:
             return
         go_read, go_write = os.pipe2(os.O_CLOEXEC) if self.has_nested else (-1, -1)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 for fd in [*(close or []), *([go_write] if go_write >= 0 else [])]:
                     os.close(fd)
-                code = self._serve(fds, root_fd, log, go_read)
+                code = self._serve(parent, fds, root_fd, log, go_read)
             except BaseException as exc:
                 log("error", f"the FUSE server failed: {exc!r}")
             finally:
@@ -253,7 +256,7 @@ class FuseSetup:
             os.close(go_read)
             self._nested_go = go_write
 
-    def _serve(self, fds: list[int], root_fd: int, log: Callable[[str, str], None],
+    def _serve(self, parent: int, fds: list[int], root_fd: int, log: Callable[[str, str], None],
                nested_go: int) -> int:
         """The FUSE server process: until every mount is gone, then flush and exit."""
         import signal
@@ -261,7 +264,7 @@ class FuseSetup:
         from pylos.runtime.fs.attestation import AttestationFs
         from pylos.runtime.fs.fuse import Driver, FuseServer
 
-        become_file_server(None)
+        become_file_server(parent, None)
         servers: list[FuseServer] = []
 
         def flush_and_exit(_sig: int, _frame: object) -> None:

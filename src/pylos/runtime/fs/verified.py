@@ -316,13 +316,15 @@ class VerifiedView:
         from pylos.runtime.fs import become_file_server
 
         ours, theirs = pair()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 for other in (*close, ours.fileno()):
                     os.close(other)
-                become_file_server(namespace_of, b"pylos-view")  # the name: for ps, the tests
+                # the name: for ps, the tests
+                become_file_server(parent, namespace_of, b"pylos-view")
                 driver = serve()
                 _, fds = recv_fds(theirs, 1, 1)
                 if fds:
